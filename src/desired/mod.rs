@@ -1,0 +1,12 @@
+//! The desired-state file: schema, parsing and validation into typed values. Pure: no I/O
+//! beyond reading the file, no DNS, no secrets loaded.
+
+mod error;
+mod parse;
+mod portal;
+mod types;
+
+pub use error::{ConfigError, Location};
+pub use parse::{load, parse};
+pub use portal::{Portal, PortalHost};
+pub use types::{Chap, DaemonSettings, Desired, Lun, TargetName, Volume, VolumeName, VolumeState};

@@ -1,0 +1,12 @@
+//! What the kernel and the storage daemons show right now, read into one plain snapshot.
+//! Everything reads below a root path so tests can point it at a fixture tree.
+
+mod model;
+mod sysfs;
+mod wwid;
+
+pub use model::{
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState,
+};
+pub use sysfs::{observe, ObserveError};
+pub use wwid::{Wwid, WwidError};

@@ -1,0 +1,176 @@
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Wwid;
+
+/// One consistent-enough snapshot of the iSCSI, SCSI and device-mapper state of a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub sessions: Vec<Session>,
+    pub maps: Vec<Map>,
+    /// Node records in open-iscsi's database (`/etc/iscsi/nodes`, `/var/lib/iscsi/nodes`).
+    pub node_records: Vec<NodeRecord>,
+    /// WWIDs listed in `/etc/multipath/wwids`.
+    pub registered_wwids: BTreeSet<Wwid>,
+    /// Block devices that carry a mounted file system (from `/proc/self/mountinfo`).
+    pub mounted: BTreeSet<DevNum>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// N of `sessionN`.
+    pub id: u32,
+    pub target: String,
+    pub tpgt: Option<u32>,
+    /// The portal logged in to (`persistent_address`:`persistent_port`); None when unreadable.
+    pub portal: Option<SocketAddr>,
+    pub state: SessionState,
+    /// H of the SCSI host iscsi_tcp made for this session.
+    pub host: Option<u32>,
+    pub devices: Vec<LunDevice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    LoggedIn,
+    Failed,
+    Free,
+    Unknown,
+}
+
+impl SessionState {
+    pub fn parse(s: &str) -> Self {
+        match s.trim() {
+            "LOGGED_IN" => SessionState::LoggedIn,
+            "FAILED" => SessionState::Failed,
+            "FREE" => SessionState::Free,
+            _ => SessionState::Unknown,
+        }
+    }
+}
+
+/// A SCSI device (one path to one LUN) and its disk, if the disk has appeared yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunDevice {
+    pub hctl: Hctl,
+    /// `running`, `blocked`, `offline`, `transport-offline`, ...
+    pub state: String,
+    pub wwid: Option<Wwid>,
+    /// The whole-disk block device (`sdX`); None until sd has bound it.
+    pub disk: Option<BlockDev>,
+}
+
+impl LunDevice {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hctl {
+    pub host: u32,
+    pub channel: u32,
+    pub target: u32,
+    pub lun: u64,
+}
+
+impl fmt::Display for Hctl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}:{}", self.host, self.channel, self.target, self.lun)
+    }
+}
+
+impl std::str::FromStr for Hctl {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut it = s.split(':');
+        let mut next = || it.next().ok_or(());
+        let hctl = Hctl {
+            host: next()?.parse().map_err(|_| ())?,
+            channel: next()?.parse().map_err(|_| ())?,
+            target: next()?.parse().map_err(|_| ())?,
+            lun: next()?.parse().map_err(|_| ())?,
+        };
+        if it.next().is_some() {
+            return Err(());
+        }
+        Ok(hctl)
+    }
+}
+
+/// A block device as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDev {
+    /// Kernel name: `sdc`, `dm-3`.
+    pub name: String,
+    pub devnum: DevNum,
+    /// 512-byte sectors.
+    pub size_sectors: u64,
+    /// Names in `holders/` (a dm map, an md array, ...).
+    pub holders: Vec<String>,
+    /// Partitions of this disk, with their own holders.
+    pub partitions: Vec<BlockDev>,
+    /// Whether the device node exists under `/dev` (udev has caught up).
+    pub node_present: bool,
+}
+
+impl BlockDev {
+    /// Every device number of the disk and its partitions.
+    pub fn devnums(&self) -> impl Iterator<Item = DevNum> + '_ {
+        std::iter::once(self.devnum).chain(self.partitions.iter().map(|p| p.devnum))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl fmt::Display for DevNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for DevNum {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (a, b) = s.trim().split_once(':').ok_or(())?;
+        Ok(DevNum {
+            major: a.parse().map_err(|_| ())?,
+            minor: b.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// A device-mapper multipath map (uuid `mpath-<wwid>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Map {
+    /// The map's name in `/dev/mapper`.
+    pub name: String,
+    pub wwid: Wwid,
+    /// The dm block device (`dm-N`).
+    pub dev: BlockDev,
+    /// Path devices (`sdX`) under `slaves/`.
+    pub slaves: Vec<String>,
+    pub suspended: bool,
+}
+
+/// One node record of open-iscsi's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub target: String,
+    pub portal: SocketAddr,
+    /// -1 when created without a TPGT.
+    pub tpgt: i32,
+    /// The record file itself (`.../<iqn>/<addr>,<port>,<tpgt>/<iface>`).
+    pub path: PathBuf,
+}

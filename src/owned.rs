@@ -1,0 +1,1 @@
+//! What lunkeeper created or adopted.
