@@ -1,1 +1,262 @@
-//! The observe → plan → act loop.
+//! The observe → plan → act loop that `lunkeeper apply` runs until the host converges, and
+//! that the daemon runs per pass. It owns no decision: it only runs what `plan` returns,
+//! records ownership around it, and remembers errors to report them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::{info, warn, Instrument};
+
+use crate::act::{ActError, Host, ObserveFailure, Outcome};
+use crate::desired::{Desired, VolumeState};
+use crate::observe::Observed;
+use crate::owned::{OwnedError, OwnedStore};
+use crate::plan::{self, ownership, Action, Lane, Plan, Subject, Verdict};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Give up (and report why) after this long.
+    pub timeout: Duration,
+    /// How often to look again while waiting on the kernel, udev or multipathd.
+    pub poll: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            timeout: Duration::from_secs(120),
+            poll: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Observe(#[from] ObserveFailure),
+    #[error(transparent)]
+    Owned(#[from] OwnedError),
+}
+
+/// How one volume ended up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeResult {
+    pub verdict: Verdict,
+    /// The last error an action for this volume met, while it is not settled.
+    pub error: Option<String>,
+    /// An error retrying cannot fix (bad CHAP secret, target refused the initiator).
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub converged: bool,
+    pub volumes: BTreeMap<String, VolumeResult>,
+    pub notes: Vec<String>,
+    /// What was done, in the order it finished.
+    pub executed: Vec<Executed>,
+    /// The last snapshot the verdicts were judged on.
+    pub observed: Observed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Executed {
+    pub subject: Subject,
+    pub action: Action,
+    pub changed: bool,
+}
+
+/// Runs rounds of observe → plan → act until every volume is where the file says, nothing more
+/// can be done without an operator, or the timeout passes.
+pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opts: &ApplyOptions) -> Result<Report, ApplyError> {
+    let mut owned = store.load()?;
+    let owned_at_start: BTreeSet<String> = owned.volumes.keys().cloned().collect();
+    let deadline = Instant::now() + opts.timeout;
+    let mut errors: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut executed = Vec::new();
+    let mut backoff = opts.poll;
+    loop {
+        let effective = rollback_failed(desired, &failed, &owned_at_start);
+        let observed = host.observe(&effective).await?;
+        let mut plan = plan::plan(&effective, &observed, &owned);
+        let skipped = skip_failed(&mut plan, &effective, &observed, &failed, &owned_at_start);
+        let nothing_to_do = plan.is_empty();
+        let waiting_pays = plan
+            .volumes
+            .iter()
+            .any(|(name, v)| !v.is_settled() && !matches!(v, Verdict::Blocked(_)) && !skipped.contains(name));
+        if (nothing_to_do && !waiting_pays) || Instant::now() >= deadline {
+            return Ok(report(plan, observed, &errors, &failed, executed));
+        }
+        if nothing_to_do {
+            tokio::time::sleep(opts.poll).await;
+            continue;
+        }
+
+        if plan.actions().fold(false, |dirty, a| ownership::claim(&mut owned, a) || dirty) {
+            store.save(&owned)?;
+        }
+        let results = join_all(plan.lanes.iter().map(|lane| run_lane(host, lane))).await;
+        let mut dirty = false;
+        let mut had_error = false;
+        for (lane, result) in plan.lanes.iter().zip(results) {
+            for (action, outcome) in result.done {
+                dirty |= ownership::release(&mut owned, action);
+                executed.push(Executed {
+                    subject: lane.subject.clone(),
+                    action: action.clone(),
+                    changed: outcome == Outcome::Changed,
+                });
+            }
+            if let Some((action, error)) = result.failed {
+                had_error = true;
+                for volume in volumes_of(&lane.subject, &effective, &observed) {
+                    errors.insert(volume.clone(), format!("{action}: {error}"));
+                    if error.is_permanent() {
+                        failed.insert(volume);
+                    }
+                }
+            }
+        }
+        if dirty {
+            store.save(&owned)?;
+        }
+        if had_error {
+            // Transient failures (an unreachable portal, iscsid busy) are retried, but not in a
+            // tight loop.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = opts.poll;
+        }
+    }
+}
+
+struct LaneResult<'a> {
+    done: Vec<(&'a Action, Outcome)>,
+    failed: Option<(&'a Action, ActError)>,
+}
+
+async fn run_lane<'a, H: Host>(host: &H, lane: &'a Lane) -> LaneResult<'a> {
+    let span = match &lane.subject {
+        Subject::Volume(v) => tracing::info_span!("lane", volume = %v),
+        Subject::Session(s) => tracing::info_span!("lane", target = %s.target, portal = %s.portal),
+    };
+    async {
+        let mut done = Vec::new();
+        for action in &lane.actions {
+            match host.execute(action).await {
+                Ok(outcome) => {
+                    info!(action = %action, changed = (outcome == Outcome::Changed), "done");
+                    done.push((action, outcome));
+                }
+                Err(error) => {
+                    warn!(action = %action, error = %error, "failed");
+                    return LaneResult {
+                        done,
+                        failed: Some((action, error)),
+                    };
+                }
+            }
+        }
+        LaneResult { done, failed: None }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A volume whose first attach failed for good is rolled back: planned as absent, so what this
+/// run created for it (node records, a session) is removed again. One that was attached before
+/// is left as it is.
+fn rollback_failed(desired: &Desired, failed: &BTreeSet<String>, owned_at_start: &BTreeSet<String>) -> Desired {
+    let mut effective = desired.clone();
+    for v in effective.volumes.iter_mut() {
+        let name = v.name.as_str();
+        if failed.contains(name) && !owned_at_start.contains(name) {
+            v.state = VolumeState::Absent;
+        }
+    }
+    effective
+}
+
+/// Drops the lanes of failed volumes that keep their state; returns their names.
+fn skip_failed(
+    plan: &mut Plan,
+    desired: &Desired,
+    observed: &Observed,
+    failed: &BTreeSet<String>,
+    owned_at_start: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let skipped: BTreeSet<String> = failed.iter().filter(|n| owned_at_start.contains(*n)).cloned().collect();
+    if skipped.is_empty() {
+        return skipped;
+    }
+    plan.lanes.retain(|lane| {
+        let users = volumes_of(&lane.subject, desired, observed);
+        users.is_empty() || !users.iter().all(|u| skipped.contains(u))
+    });
+    skipped
+}
+
+/// The volumes a lane works for: its own volume, or every present volume using its session.
+fn volumes_of(subject: &Subject, desired: &Desired, observed: &Observed) -> Vec<String> {
+    match subject {
+        Subject::Volume(v) => vec![v.clone()],
+        Subject::Session(key) => desired
+            .volumes
+            .iter()
+            .filter(|v| v.target.as_str() == key.target)
+            .filter(|v| {
+                v.portals.iter().any(|p| {
+                    let addr = match &p.host {
+                        crate::desired::PortalHost::Ip(ip) => Some(std::net::SocketAddr::new(*ip, p.port)),
+                        crate::desired::PortalHost::Name(_) => observed.resolved.get(&p.to_string()).copied(),
+                    };
+                    addr == Some(key.portal)
+                })
+            })
+            .map(|v| v.name.to_string())
+            .collect(),
+    }
+}
+
+fn report(
+    plan: Plan,
+    observed: Observed,
+    errors: &BTreeMap<String, String>,
+    failed: &BTreeSet<String>,
+    executed: Vec<Executed>,
+) -> Report {
+    let volumes: BTreeMap<String, VolumeResult> = plan
+        .volumes
+        .into_iter()
+        .map(|(name, verdict)| {
+            let is_failed = failed.contains(&name);
+            let error = if verdict.is_settled() && !is_failed {
+                None
+            } else {
+                errors.get(&name).cloned()
+            };
+            (
+                name,
+                VolumeResult {
+                    verdict,
+                    error,
+                    failed: is_failed,
+                },
+            )
+        })
+        .collect();
+    let converged = volumes.values().all(|v| v.verdict.is_settled() && !v.failed);
+    Report {
+        converged,
+        volumes,
+        notes: plan.notes,
+        executed,
+        observed,
+    }
+}

@@ -1,1 +1,220 @@
-fn main() {}
+//! The `lunkeeper` command: argument parsing, logging set-up and exit codes. Everything else
+//! lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lunkeeper::act::{Host, RealHost, RealHostConfig};
+use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
+use lunkeeper::desired::{self, Desired};
+use lunkeeper::owned::OwnedStore;
+use lunkeeper::plan;
+use lunkeeper::status::Status;
+
+/// Exit codes: 0 done (or converged), 1 not converged, 2 invalid configuration, 3 could not run.
+const NOT_CONVERGED: u8 = 1;
+const BAD_CONFIG: u8 = 2;
+const CANNOT_RUN: u8 = 3;
+
+#[derive(Parser)]
+#[command(version, about = "Keeps this host's iSCSI volumes attached exactly as a declarative file says")]
+struct Cli {
+    /// The desired-state file.
+    #[arg(long, global = true, env = "LUNKEEPER_CONFIG", default_value = "/etc/lunkeeper/volumes.toml")]
+    config: PathBuf,
+    /// Where lunkeeper records what it owns.
+    #[arg(long, global = true, env = "LUNKEEPER_STATE_DIR", default_value = "/var/lib/lunkeeper")]
+    state_dir: PathBuf,
+    /// Root of the file system to read sysfs, /dev and /proc under (tests only).
+    #[arg(long, global = true, default_value = "/", hide = true)]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the desired-state file and exit (2 if it is invalid).
+    Validate,
+    /// Show what the next pass would do, without doing it.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Converge the host to the file; exit 0 only when every volume is where the file says.
+    Apply {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how each volume stands.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Apply { .. }) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let desired = match desired::load(&cli.config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("lunkeeper: invalid configuration: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    if let Command::Validate = cli.command {
+        println!("{}: ok, {} volumes", cli.config.display(), desired.volumes.len());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lunkeeper: cannot start the runtime: {e}");
+            return ExitCode::from(CANNOT_RUN);
+        }
+    };
+    match runtime.block_on(run(&cli, &desired)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lunkeeper: {e:#}");
+            ExitCode::from(CANNOT_RUN)
+        }
+    }
+}
+
+async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
+    let host = RealHost::new(RealHostConfig {
+        root: cli.root.clone(),
+        ..RealHostConfig::default()
+    });
+    let store = OwnedStore::new(&cli.state_dir);
+    match cli.command {
+        Command::Validate => Ok(ExitCode::SUCCESS),
+        Command::Plan { json } => {
+            let observed = host.observe(desired).await?;
+            let owned = store.load()?;
+            let plan = plan::plan(desired, &observed, &owned);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print_plan(&plan);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let observed = host.observe(desired).await?;
+            let owned = store.load()?;
+            let plan = plan::plan(desired, &observed, &owned);
+            let results = plan
+                .volumes
+                .into_iter()
+                .map(|(name, verdict)| {
+                    let r = VolumeResult {
+                        verdict,
+                        error: None,
+                        failed: false,
+                    };
+                    (name, r)
+                })
+                .collect();
+            print_status(&Status::build(desired, &observed, &results), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { timeout, json } => {
+            let _lock = lock(&cli.state_dir)?;
+            let opts = ApplyOptions {
+                timeout: Duration::from_secs(timeout),
+                ..ApplyOptions::default()
+            };
+            let report = apply::apply(&host, desired, &store, &opts).await?;
+            let status = Status::build(desired, &report.observed, &report.volumes);
+            if !json {
+                let changed = report.executed.iter().filter(|e| e.changed && !e.action.is_bookkeeping()).count();
+                println!("{} actions taken", changed);
+                for note in &report.notes {
+                    println!("note: {note}");
+                }
+            }
+            print_status(&status, json)?;
+            if report.converged {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                if !json {
+                    eprintln!("lunkeeper: not converged: {}", status.summary());
+                }
+                Ok(ExitCode::from(NOT_CONVERGED))
+            }
+        }
+    }
+}
+
+/// One apply at a time: two would plan against each other's half-done work.
+fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("{}: another lunkeeper is applying ({e})", path.display()))
+}
+
+fn print_plan(plan: &plan::Plan) {
+    if plan.is_empty() {
+        println!("nothing to do");
+    }
+    for lane in &plan.lanes {
+        let subject = match &lane.subject {
+            plan::Subject::Volume(v) => format!("volume {v}"),
+            plan::Subject::Session(s) => format!("session {s}"),
+        };
+        println!("{subject}:");
+        for a in &lane.actions {
+            println!("  - {a}");
+        }
+    }
+    for (name, verdict) in &plan.volumes {
+        match verdict.reason() {
+            Some(r) => println!("{name}: {} ({r})", verdict.name()),
+            None => println!("{name}: {}", verdict.name()),
+        }
+    }
+    for note in &plan.notes {
+        println!("note: {note}");
+    }
+}
+
+fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+        return Ok(());
+    }
+    for v in &status.volumes {
+        let device = v.device.as_deref().unwrap_or("-");
+        print!("{:<20} {:<9} {device}", v.name, v.state);
+        if let Some(r) = &v.reason {
+            print!("  ({r})");
+        }
+        println!();
+        for p in &v.paths {
+            let session = p.session.map(|s| format!("session{s}")).unwrap_or_else(|| "-".into());
+            println!("    {:<28} {:<10} {:<6} {}", p.portal, session, p.device.as_deref().unwrap_or("-"), p.state);
+        }
+    }
+    println!("{}", status.summary());
+    Ok(())
+}

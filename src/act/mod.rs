@@ -1,1 +1,75 @@
-//! Executors for planned actions.
+//! Executors: carry out one planned action each. Every executor is idempotent (it reports
+//! `Outcome::AlreadySo` when there was nothing to do) and every call into the outside world has
+//! a deadline.
+
+pub mod command;
+pub mod iscsiadm;
+pub mod multipath;
+pub mod multipathd;
+mod real;
+pub mod sim;
+pub mod sysfs;
+
+use std::future::Future;
+
+pub use real::{RealHost, RealHostConfig};
+
+use crate::desired::Desired;
+use crate::observe::{ObserveError, Observed};
+use crate::plan::Action;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    AlreadySo,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error(transparent)]
+    Iscsiadm(#[from] iscsiadm::IscsiadmError),
+    #[error(transparent)]
+    Multipathd(#[from] multipathd::MultipathdError),
+    #[error("multipathd refused {command:?}: {reply}")]
+    MultipathdRefused { command: String, reply: String },
+    #[error(transparent)]
+    Multipath(#[from] multipath::MultipathError),
+    #[error(transparent)]
+    Sysfs(#[from] sysfs::SysfsError),
+    #[error("CHAP secret file {path}: {source}")]
+    Secret { path: std::path::PathBuf, source: std::io::Error },
+    #[error("node record for {session} not found after creating it")]
+    NoRecord { session: String },
+    #[error("writing the node record {path}: {source}")]
+    Record { path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl ActError {
+    /// Retrying cannot help until an operator changes something.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ActError::Iscsiadm(e) => matches!(
+                e.failure(),
+                Some(iscsiadm::Failure::AuthFailed | iscsiadm::Failure::FatalLogin)
+            ),
+            ActError::Secret { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveFailure {
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    #[error("the observer task failed: {0}")]
+    Task(String),
+}
+
+/// The world lunkeeper acts on: the real kernel, or a simulation for tests.
+pub trait Host {
+    /// A fresh snapshot; host names of the desired portals are resolved into it.
+    fn observe(&self, desired: &Desired) -> impl Future<Output = Result<Observed, ObserveFailure>>;
+
+    fn execute(&self, action: &Action) -> impl Future<Output = Result<Outcome, ActError>>;
+}

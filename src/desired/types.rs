@@ -2,7 +2,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Portal;
 use crate::observe::Wwid;
@@ -95,7 +95,7 @@ impl fmt::Display for TargetName {
 }
 
 /// A SCSI logical unit number as the operator writes it (0..=16383, flat space addressing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Lun(pub u32);
 

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ pub struct Observed {
     pub registered_wwids: BTreeSet<Wwid>,
     /// Block devices that carry a mounted file system (from `/proc/self/mountinfo`).
     pub mounted: BTreeSet<DevNum>,
+    /// Portal host names resolved to addresses, keyed by the portal as written (`host:port`).
+    /// Filled by the caller that does DNS; sysfs knows only addresses.
+    pub resolved: BTreeMap<String, SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,12 @@ pub struct Hctl {
 impl fmt::Display for Hctl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}:{}", self.host, self.channel, self.target, self.lun)
+    }
+}
+
+impl Serialize for Hctl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -1,1 +1,156 @@
-//! The pure planner.
+//! The planner: a pure function of (desired, observed, owned) that returns what to do next.
+//!
+//! It is level-triggered: it is never told why it runs, it only compares. Each call plans the
+//! steps that can run now; `apply` runs them, observes again and plans again, so steps that
+//! depend on the outcome of earlier ones (a scan needs the session's SCSI host, a map needs the
+//! LUN's WWID) are planned once their inputs exist.
+
+mod action;
+mod attach;
+mod detach;
+pub mod ownership;
+mod verdict;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+pub use action::{Action, ChapSettings, NodeSettings};
+pub use verdict::Verdict;
+
+use crate::desired::{Desired, Portal, PortalHost, Volume, VolumeState};
+use crate::observe::{BlockDev, DevNum, LunDevice, Observed, Session};
+use crate::owned::{Owned, SessionKey};
+
+/// What to do now, and how each volume stands before doing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Lanes run concurrently; the actions of one lane run in order, and a failure ends its lane.
+    pub lanes: Vec<Lane>,
+    pub volumes: BTreeMap<String, Verdict>,
+    /// Things lunkeeper noticed and deliberately leaves alone.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(|l| l.actions.is_empty())
+    }
+
+    pub fn actions(&self) -> impl Iterator<Item = &Action> {
+        self.lanes.iter().flat_map(|l| l.actions.iter())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lane {
+    pub subject: Subject,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Subject {
+    Volume(String),
+    Session(SessionKey),
+}
+
+pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
+    let mut planner = Planner {
+        observed,
+        owned,
+        plan: Plan::default(),
+    };
+    let wanted = attach::wanted_sessions(observed, desired);
+    attach::plan_sessions(&mut planner, &wanted);
+    for volume in desired.volumes.iter().filter(|v| v.state == VolumeState::Present) {
+        if wanted.blocked.contains_key(volume.name.as_str()) {
+            continue;
+        }
+        attach::plan_volume(&mut planner, volume);
+    }
+    for (name, reason) in &wanted.blocked {
+        planner.verdict(name, Verdict::Blocked(reason.clone()));
+    }
+    detach::plan_volumes(&mut planner, desired);
+    detach::plan_sessions(&mut planner, &wanted);
+    detach::plan_wwids(&mut planner, desired);
+    planner.plan.lanes.retain(|l| !l.actions.is_empty());
+    planner.plan
+}
+
+/// Shared state of one planning pass.
+struct Planner<'a> {
+    observed: &'a Observed,
+    owned: &'a Owned,
+    plan: Plan,
+}
+
+impl<'a> Planner<'a> {
+    fn lane(&mut self, subject: Subject, actions: Vec<Action>) {
+        if !actions.is_empty() {
+            self.plan.lanes.push(Lane { subject, actions });
+        }
+    }
+
+    fn verdict(&mut self, volume: &str, verdict: Verdict) {
+        self.plan.volumes.insert(volume.to_string(), verdict);
+    }
+
+    /// Sessions to this target through this portal (normally one).
+    fn sessions(&self, key: &SessionKey) -> impl Iterator<Item = &'a Session> + 'a {
+        let key = key.clone();
+        self.observed
+            .sessions
+            .iter()
+            .filter(move |s| s.target == key.target && s.portal == Some(key.portal))
+    }
+
+    fn has_node_record(&self, key: &SessionKey) -> bool {
+        self.observed
+            .node_records
+            .iter()
+            .any(|n| n.target == key.target && n.portal == key.portal)
+    }
+}
+
+/// The address a portal stands for now: literal addresses as written, names as resolved.
+fn portal_addr(observed: &Observed, portal: &Portal) -> Option<SocketAddr> {
+    match &portal.host {
+        PortalHost::Ip(ip) => Some(SocketAddr::new(*ip, portal.port)),
+        PortalHost::Name(_) => observed.resolved.get(&portal.to_string()).copied(),
+    }
+}
+
+fn session_key(volume: &Volume, addr: SocketAddr) -> SessionKey {
+    SessionKey {
+        target: volume.target.as_str().to_string(),
+        portal: addr,
+    }
+}
+
+/// Why a block device cannot be taken away, if it cannot. `ignore_holder` is the map that is
+/// expected to hold a path device.
+fn in_use(dev: &BlockDev, mounted: &std::collections::BTreeSet<DevNum>, ignore_holder: Option<&str>) -> Option<String> {
+    if dev.devnums().any(|d| mounted.contains(&d)) {
+        return Some(format!("{} (or a partition of it) is mounted", dev.name));
+    }
+    if let Some(h) = dev.holders.iter().find(|h| Some(h.as_str()) != ignore_holder) {
+        return Some(format!("{} is held by {h}", dev.name));
+    }
+    for part in &dev.partitions {
+        if let Some(h) = part.holders.first() {
+            return Some(format!("partition {} is held by {h}", part.name));
+        }
+    }
+    None
+}
+
+/// A path device can carry I/O: its session is logged in, the SCSI device runs, the disk exists.
+fn path_is_live(session: &Session, dev: &LunDevice) -> bool {
+    session.state == crate::observe::SessionState::LoggedIn && dev.is_running() && dev.disk.is_some()
+}

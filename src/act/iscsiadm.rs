@@ -1,0 +1,334 @@
+//! open-iscsi's iscsiadm, shelled out to (iscsid's IPC is not a stable ABI). Exit codes come
+//! from open-iscsi's `include/iscsi_err.h`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::command::{self, CommandError, Finished};
+use crate::owned::SessionKey;
+
+/// What a non-zero iscsiadm exit means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    SessionNotFound,
+    Login,
+    NodeDatabase,
+    TransportTimeout,
+    SessionExists,
+    IscsidUnreachable,
+    FatalLogin,
+    NoRecords,
+    AuthFailed,
+    TryAgain,
+    Other,
+}
+
+impl Failure {
+    pub fn from_code(code: i32) -> Failure {
+        match code {
+            2 => Failure::SessionNotFound,
+            5 => Failure::Login,
+            6 => Failure::NodeDatabase,
+            8 => Failure::TransportTimeout,
+            15 => Failure::SessionExists,
+            18 | 20 => Failure::IscsidUnreachable,
+            19 => Failure::FatalLogin,
+            21 => Failure::NoRecords,
+            24 => Failure::AuthFailed,
+            29 => Failure::TryAgain,
+            _ => Failure::Other,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Failure::SessionNotFound => "session not found",
+            Failure::Login => "login failed",
+            Failure::NodeDatabase => "node database error",
+            Failure::TransportTimeout => "transport timeout",
+            Failure::SessionExists => "session exists",
+            Failure::IscsidUnreachable => "cannot reach iscsid",
+            Failure::FatalLogin => "fatal login error (target refused)",
+            Failure::NoRecords => "no records found",
+            Failure::AuthFailed => "authentication failed (check the CHAP user and secret)",
+            Failure::TryAgain => "iscsid asked to try again",
+            Failure::Other => "failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IscsiadmError {
+    #[error("iscsiadm {op}: {} (exit {code}){}", failure.describe(), detail(stderr))]
+    Failed {
+        op: &'static str,
+        code: i32,
+        failure: Failure,
+        stderr: String,
+    },
+    #[error("iscsiadm {op} was killed by a signal{}", detail(stderr))]
+    Killed { op: &'static str, stderr: String },
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+fn detail(stderr: &str) -> String {
+    let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    if line.is_empty() {
+        String::new()
+    } else {
+        format!(": {line}")
+    }
+}
+
+impl IscsiadmError {
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            IscsiadmError::Failed { failure, .. } => Some(*failure),
+            _ => None,
+        }
+    }
+}
+
+/// Whether iscsiadm reported that the thing it was asked to do is already so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Changed,
+    AlreadySo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Iscsiadm {
+    pub program: String,
+    /// The node database (`/etc/iscsi/nodes` on Debian), where secrets are written directly.
+    pub node_dirs: Vec<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Default for Iscsiadm {
+    fn default() -> Self {
+        Iscsiadm {
+            program: "iscsiadm".to_string(),
+            node_dirs: vec![PathBuf::from("/etc/iscsi/nodes"), PathBuf::from("/var/lib/iscsi/nodes")],
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn node_args(key: &SessionKey) -> [String; 6] {
+    [
+        "-m".into(),
+        "node".into(),
+        "-T".into(),
+        key.target.clone(),
+        "-p".into(),
+        key.portal.to_string(),
+    ]
+}
+
+impl Iscsiadm {
+    async fn call(&self, op: &'static str, args: &[String], timeout: Duration, ok: &[Failure]) -> Result<Done, IscsiadmError> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Finished { code, stderr, .. } = command::run(&self.program, &args, timeout).await?;
+        match code {
+            Some(0) => Ok(Done::Changed),
+            Some(code) => {
+                let failure = Failure::from_code(code);
+                if ok.contains(&failure) {
+                    Ok(Done::AlreadySo)
+                } else {
+                    Err(IscsiadmError::Failed {
+                        op,
+                        code,
+                        failure,
+                        stderr,
+                    })
+                }
+            }
+            None => Err(IscsiadmError::Killed { op, stderr }),
+        }
+    }
+
+    /// Creates the node record if it is missing (an existing one keeps its other settings).
+    pub async fn create_node(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
+        if self.record_file(key).is_some() {
+            return Ok(Done::AlreadySo);
+        }
+        let mut args = node_args(key).to_vec();
+        args.extend(["-o".into(), "new".into()]);
+        self.call("create node", &args, self.timeout, &[Failure::SessionExists]).await
+    }
+
+    /// Sets `key = value` pairs on the node record in one call. Values must not be secrets.
+    pub async fn update_node(&self, key: &SessionKey, settings: &[(&str, String)]) -> Result<Done, IscsiadmError> {
+        let mut args = node_args(key).to_vec();
+        args.extend(["-o".into(), "update".into()]);
+        for (name, value) in settings {
+            args.extend(["-n".into(), (*name).to_string(), "-v".into(), value.clone()]);
+        }
+        self.call("update node", &args, self.timeout, &[]).await
+    }
+
+    pub async fn login(&self, key: &SessionKey, timeout: Duration) -> Result<Done, IscsiadmError> {
+        let mut args = node_args(key).to_vec();
+        args.push("--login".into());
+        self.call("login", &args, timeout, &[Failure::SessionExists]).await
+    }
+
+    pub async fn logout(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
+        let mut args = node_args(key).to_vec();
+        args.push("--logout".into());
+        self.call("logout", &args, self.timeout, &[Failure::SessionNotFound, Failure::NoRecords])
+            .await
+    }
+
+    pub async fn delete_node(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
+        let mut args = node_args(key).to_vec();
+        args.extend(["-o".into(), "delete".into()]);
+        self.call("delete node", &args, self.timeout, &[Failure::NoRecords]).await
+    }
+
+    /// The record file for this target and portal, whatever its TPGT and interface.
+    pub fn record_file(&self, key: &SessionKey) -> Option<PathBuf> {
+        let want = format!("{},{},", addr_text(key), key.portal.port());
+        for dir in &self.node_dirs {
+            let Ok(entries) = std::fs::read_dir(dir.join(&key.target)) else {
+                continue;
+            };
+            let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            names.sort();
+            for entry in names {
+                let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if !name.starts_with(&want) {
+                    continue;
+                }
+                if entry.is_file() {
+                    return Some(entry);
+                }
+                let default = entry.join("default");
+                if default.is_file() {
+                    return Some(default);
+                }
+                if let Ok(files) = std::fs::read_dir(&entry) {
+                    let mut files: Vec<_> = files.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+                    files.sort();
+                    if let Some(f) = files.into_iter().next() {
+                        return Some(f);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn addr_text(key: &SessionKey) -> String {
+    key.portal.ip().to_string()
+}
+
+/// Writes or removes secret keys in a node record file in place of `iscsiadm -o update -v`,
+/// which would put the secret in argv. The file is rewritten atomically with mode 0600.
+pub fn write_record_secrets(record: &Path, secrets: &[(&str, Option<&str>)]) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(record)?;
+    let mut out = String::with_capacity(text.len() + 128);
+    for line in text.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        if secrets.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (key, value) in secrets {
+        if let Some(v) = value {
+            out.push_str(&format!("{key} = {v}\n"));
+        }
+    }
+    crate::owned::write_atomic(record, out.as_bytes(), 0o600)
+}
+
+/// Reads a secret file: the first line, without its line ending. The error never carries the
+/// file's content.
+pub fn read_secret(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let secret = text.lines().next().unwrap_or("").to_string();
+    if secret.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret file is empty"));
+    }
+    if secret.contains(['\n', '\r', '\0']) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret holds a control character"));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(portal: &str) -> SessionKey {
+        SessionKey {
+            target: "iqn.2026-11.test:a".into(),
+            portal: portal.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_map_to_failures() {
+        assert_eq!(Failure::from_code(24), Failure::AuthFailed);
+        assert_eq!(Failure::from_code(15), Failure::SessionExists);
+        assert_eq!(Failure::from_code(21), Failure::NoRecords);
+        assert_eq!(Failure::from_code(8), Failure::TransportTimeout);
+        assert_eq!(Failure::from_code(20), Failure::IscsidUnreachable);
+        assert_eq!(Failure::from_code(99), Failure::Other);
+    }
+
+    #[test]
+    fn finds_record_files_in_both_layouts_and_for_ipv6() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("iqn.2026-11.test:a");
+        std::fs::create_dir_all(t.join("127.0.0.1,3260,-1")).unwrap();
+        std::fs::write(t.join("127.0.0.1,3260,-1/default"), "node.name = x\n").unwrap();
+        std::fs::create_dir_all(t.join("::1,3260,1")).unwrap();
+        std::fs::write(t.join("::1,3260,1/default"), "").unwrap();
+        std::fs::write(t.join("127.0.0.2,3260,1"), "").unwrap();
+        let adm = Iscsiadm {
+            node_dirs: vec![dir.path().join("absent"), dir.path().to_path_buf()],
+            ..Iscsiadm::default()
+        };
+        assert_eq!(adm.record_file(&key("127.0.0.1:3260")), Some(t.join("127.0.0.1,3260,-1/default")));
+        assert_eq!(adm.record_file(&key("[::1]:3260")), Some(t.join("::1,3260,1/default")));
+        assert_eq!(adm.record_file(&key("127.0.0.2:3260")), Some(t.join("127.0.0.2,3260,1")));
+        assert_eq!(adm.record_file(&key("127.0.0.3:3260")), None);
+        // 127.0.0.1:326 must not match the record for port 3260.
+        assert_eq!(adm.record_file(&key("127.0.0.1:326")), None);
+    }
+
+    #[test]
+    fn secrets_are_replaced_in_place_and_removed_when_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("default");
+        std::fs::write(
+            &f,
+            "node.name = iqn\nnode.session.auth.password = old\nnode.session.auth.username = u\nnode.session.auth.password_in = oldin\n",
+        )
+        .unwrap();
+        write_record_secrets(&f, &[("node.session.auth.password", Some("s3cret")), ("node.session.auth.password_in", None)]).unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text, "node.name = iqn\nnode.session.auth.username = u\nnode.session.auth.password = s3cret\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn secret_files_give_their_first_line_and_refuse_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "hunter2\n").unwrap();
+        assert_eq!(read_secret(&f).unwrap(), "hunter2");
+        std::fs::write(&f, "\n").unwrap();
+        let err = read_secret(&f).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,232 @@
+//! The real host: the kernel's sysfs, iscsiadm, multipathd.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::iscsiadm::{self, Done, Iscsiadm};
+use super::multipath::MultipathCli;
+use super::multipathd::{Multipathd, Reply};
+use super::sysfs::{self, SysfsError};
+use super::{ActError, Host, ObserveFailure, Outcome};
+use crate::desired::{Desired, PortalHost};
+use crate::observe::{self, Observed};
+use crate::owned::SessionKey;
+use crate::plan::{Action, NodeSettings};
+
+#[derive(Debug, Clone)]
+pub struct RealHostConfig {
+    /// `/` in production; everything in sysfs, /dev and /proc is read below it.
+    pub root: PathBuf,
+    pub iscsiadm: Iscsiadm,
+    pub multipathd: Multipathd,
+    pub multipath: MultipathCli,
+    /// A targeted scan waits for the target to answer INQUIRY and friends.
+    pub scan_timeout: Duration,
+    /// Deleting a path whose transport is down waits up to the replacement timeout.
+    pub delete_timeout: Duration,
+    pub dns_timeout: Duration,
+}
+
+impl Default for RealHostConfig {
+    fn default() -> Self {
+        RealHostConfig {
+            root: PathBuf::from("/"),
+            iscsiadm: Iscsiadm::default(),
+            multipathd: Multipathd::default(),
+            multipath: MultipathCli::default(),
+            scan_timeout: Duration::from_secs(30),
+            delete_timeout: Duration::from_secs(60),
+            dns_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RealHost {
+    config: RealHostConfig,
+}
+
+impl RealHost {
+    pub fn new(config: RealHostConfig) -> Self {
+        RealHost { config }
+    }
+
+    async fn resolve(&self, desired: &Desired, observed: &mut Observed) {
+        let names = desired
+            .volumes
+            .iter()
+            .flat_map(|v| v.portals.iter())
+            .filter(|p| matches!(p.host, PortalHost::Name(_)));
+        for portal in names {
+            let text = portal.to_string();
+            if observed.resolved.contains_key(&text) {
+                continue;
+            }
+            let lookup = tokio::net::lookup_host(text.clone());
+            match tokio::time::timeout(self.config.dns_timeout, lookup).await {
+                Ok(Ok(mut addrs)) => {
+                    if let Some(addr) = addrs.next() {
+                        observed.resolved.insert(text, addr);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(portal = %text, error = %e, "portal does not resolve"),
+                Err(_) => tracing::warn!(portal = %text, "portal name lookup timed out"),
+            }
+        }
+    }
+
+    async fn ensure_node(&self, key: &SessionKey, settings: &NodeSettings, login_timeout: u32) -> Result<Outcome, ActError> {
+        let adm = &self.config.iscsiadm;
+        let created = adm.create_node(key).await?;
+        let mut values: Vec<(&str, String)> = vec![
+            // A login must not scan the whole target (foreign LUNs, kubernetes #59946) nor
+            // come back at boot behind lunkeeper's back.
+            ("node.session.scan", "manual".into()),
+            ("node.startup", "manual".into()),
+            ("node.session.timeo.replacement_timeout", settings.replacement_timeout.to_string()),
+            ("node.conn[0].timeo.login_timeout", login_timeout.to_string()),
+            ("node.session.initial_login_retry_max", "1".into()),
+        ];
+        match &settings.chap {
+            Some(chap) => {
+                values.push(("node.session.auth.authmethod", "CHAP".into()));
+                values.push(("node.session.auth.username", chap.username.clone()));
+                if let Some(u) = &chap.username_in {
+                    values.push(("node.session.auth.username_in", u.clone()));
+                }
+            }
+            None => values.push(("node.session.auth.authmethod", "None".into())),
+        }
+        adm.update_node(key, &values).await?;
+        self.write_secrets(key, settings)?;
+        Ok(match created {
+            Done::Changed => Outcome::Changed,
+            Done::AlreadySo => Outcome::AlreadySo,
+        })
+    }
+
+    /// CHAP secrets go straight into the record file: on iscsiadm's command line any user could
+    /// read them from /proc.
+    fn write_secrets(&self, key: &SessionKey, settings: &NodeSettings) -> Result<(), ActError> {
+        let read = |path: &PathBuf| {
+            iscsiadm::read_secret(path).map_err(|source| ActError::Secret {
+                path: path.clone(),
+                source,
+            })
+        };
+        let (password, password_in) = match &settings.chap {
+            Some(chap) => (
+                Some(read(&chap.password_file)?),
+                chap.password_in_file.as_ref().map(read).transpose()?,
+            ),
+            None => (None, None),
+        };
+        let record = self.config.iscsiadm.record_file(key).ok_or_else(|| ActError::NoRecord {
+            session: key.to_string(),
+        })?;
+        iscsiadm::write_record_secrets(
+            &record,
+            &[
+                ("node.session.auth.password", password.as_deref()),
+                ("node.session.auth.password_in", password_in.as_deref()),
+            ],
+        )
+        .map_err(|source| ActError::Record { path: record, source })
+    }
+
+    async fn multipathd(&self, command: String) -> Result<Outcome, ActError> {
+        let reply = self.config.multipathd.command(&command).await?;
+        match Reply::parse(&reply) {
+            Reply::Ok => Ok(Outcome::Changed),
+            Reply::Fail(detail) if detail.contains("in use") => Err(SysfsError::InUse {
+                device: command.rsplit(' ').next().unwrap_or_default().to_string(),
+                reason: format!("multipathd: {detail}"),
+            }
+            .into()),
+            Reply::Fail(detail) | Reply::Other(detail) => Err(ActError::MultipathdRefused { command, reply: detail }),
+        }
+    }
+
+    fn map_exists(&self, name: &str) -> bool {
+        self.config.root.join("dev/mapper").join(name).exists()
+    }
+
+    async fn delete_device(&self, hctl: &crate::observe::Hctl, disk: Option<&str>) -> Result<Outcome, ActError> {
+        let root = &self.config.root;
+        // Held for the duration of the delete so nobody mounts the disk in between.
+        let _guard = match disk {
+            Some(d) => sysfs::probe_exclusive(&root.join("dev").join(d))?,
+            None => None,
+        };
+        let path = root.join(format!("sys/class/scsi_device/{hctl}/device/delete"));
+        let wrote = sysfs::write_attr(path, "1".into(), self.config.delete_timeout).await?;
+        Ok(if wrote { Outcome::Changed } else { Outcome::AlreadySo })
+    }
+}
+
+fn done(d: Done) -> Outcome {
+    match d {
+        Done::Changed => Outcome::Changed,
+        Done::AlreadySo => Outcome::AlreadySo,
+    }
+}
+
+impl Host for RealHost {
+    async fn observe(&self, desired: &Desired) -> Result<Observed, ObserveFailure> {
+        let root = self.config.root.clone();
+        let mut observed = tokio::task::spawn_blocking(move || observe::observe(&root))
+            .await
+            .map_err(|e| ObserveFailure::Task(e.to_string()))??;
+        self.resolve(desired, &mut observed).await;
+        Ok(observed)
+    }
+
+    async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
+        let c = &self.config;
+        match action {
+            a if a.is_bookkeeping() => Ok(Outcome::Changed),
+            Action::EnsureNode {
+                session,
+                settings,
+                login_timeout_secs,
+            } => self.ensure_node(session, settings, *login_timeout_secs).await,
+            Action::Login { session, timeout_secs } => {
+                // iscsiadm's own retries are bounded by the node settings; the margin lets it
+                // report its own error before the deadline cuts it off.
+                let deadline = Duration::from_secs(u64::from(*timeout_secs) + 5);
+                Ok(done(c.iscsiadm.login(session, deadline).await?))
+            }
+            Action::Scan { host, lun, .. } => {
+                let path = c.root.join(format!("sys/class/scsi_host/host{host}/scan"));
+                // Channel 0, any target id (iscsi_tcp has one), exactly this LUN.
+                let wrote = sysfs::write_attr(path, format!("0 - {lun}"), c.scan_timeout).await?;
+                Ok(if wrote { Outcome::Changed } else { Outcome::AlreadySo })
+            }
+            Action::RegisterWwid { wwid } => {
+                c.multipath.add_wwid(wwid).await?;
+                Ok(Outcome::Changed)
+            }
+            Action::UnregisterWwid { wwid } => {
+                c.multipath.remove_wwid(wwid).await?;
+                Ok(Outcome::Changed)
+            }
+            Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
+            Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
+            Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,
+            Action::DisableQueueing { map } => self.multipathd(format!("disablequeueing map {map}")).await,
+            Action::FlushMap { map } => match self.multipathd(format!("del map {map}")).await {
+                Err(ActError::MultipathdRefused { .. }) if !self.map_exists(map) => Ok(Outcome::AlreadySo),
+                other => other,
+            },
+            Action::DeleteDevice { hctl, disk } => self.delete_device(hctl, disk.as_deref()).await,
+            Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),
+            Action::DeleteNode { session } => Ok(done(c.iscsiadm.delete_node(session).await?)),
+            // Bookkeeping is matched above; listed so a new action cannot be forgotten here.
+            Action::OwnVolume { .. }
+            | Action::DisownVolume { .. }
+            | Action::AdoptSession { .. }
+            | Action::ForgetSession { .. }
+            | Action::ForgetWwid { .. } => Ok(Outcome::Changed),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! A simulated host: an in-memory storage network that answers actions the way the kernel,
+//! iscsid and multipathd do, closely enough to test planning and the apply loop without them.
+//! Modelled on stratisd's simulated engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::iscsiadm::{Failure, IscsiadmError};
+use super::sysfs::SysfsError;
+use super::{ActError, Host, ObserveFailure, Outcome};
+use crate::desired::Desired;
+use crate::observe::{BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid};
+use crate::plan::Action;
+
+/// A target the simulated network offers.
+#[derive(Debug, Clone)]
+pub struct SimTarget {
+    pub portals: Vec<SocketAddr>,
+    /// LUN number → WWID.
+    pub luns: BTreeMap<u64, Wwid>,
+    /// The CHAP user the target wants, if any (secrets are not simulated: a wrong user fails).
+    pub chap_user: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct SimWorld {
+    pub targets: BTreeMap<String, SimTarget>,
+    pub observed: Observed,
+    /// CHAP user configured on each node record.
+    pub node_users: BTreeMap<(String, SocketAddr), Option<String>>,
+    /// Every action executed, in order.
+    pub log: Vec<Action>,
+    next_session: u32,
+    next_host: u32,
+    next_disk: u32,
+    next_dm: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct SimHost {
+    pub world: Mutex<SimWorld>,
+}
+
+fn disk_name(n: u32) -> String {
+    let mut name = String::new();
+    let mut n = n as usize;
+    loop {
+        name.insert(0, (b'a' + (n % 26) as u8) as char);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("sd{name}")
+}
+
+fn blockdev(name: String, devnum: DevNum) -> BlockDev {
+    BlockDev {
+        name,
+        devnum,
+        size_sectors: 131072,
+        holders: Vec::new(),
+        partitions: Vec::new(),
+        node_present: true,
+    }
+}
+
+fn iscsi_failure(op: &'static str, code: i32) -> ActError {
+    ActError::Iscsiadm(IscsiadmError::Failed {
+        op,
+        code,
+        failure: Failure::from_code(code),
+        stderr: String::new(),
+    })
+}
+
+impl SimHost {
+    pub fn new() -> Self {
+        SimHost::default()
+    }
+
+    pub fn add_target(&self, iqn: &str, target: SimTarget) {
+        self.lock().targets.insert(iqn.to_string(), target);
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, SimWorld> {
+        // A panic while holding the lock happens only in a failing test; the world is still
+        // worth inspecting.
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Observed {
+        self.lock().observed.clone()
+    }
+}
+
+impl SimWorld {
+    fn session_mut(&mut self, target: &str, portal: SocketAddr) -> Option<&mut Session> {
+        self.observed
+            .sessions
+            .iter_mut()
+            .find(|s| s.target == target && s.portal == Some(portal))
+    }
+
+    /// Logs in by hand, as an operator or a boot script would, outside lunkeeper.
+    pub fn login_by_hand(&mut self, target: &str, portal: SocketAddr, luns: &[u64]) -> u32 {
+        self.next_session += 1;
+        self.next_host += 1;
+        let (id, host) = (self.next_session, self.next_host);
+        self.observed.sessions.push(Session {
+            id,
+            target: target.to_string(),
+            tpgt: Some(1),
+            portal: Some(portal),
+            state: SessionState::LoggedIn,
+            host: Some(host),
+            devices: Vec::new(),
+        });
+        for lun in luns {
+            self.scan(host, *lun);
+        }
+        id
+    }
+
+    fn scan(&mut self, host: u32, lun: u64) {
+        let Some(session) = self.observed.sessions.iter().find(|s| s.host == Some(host)) else {
+            return;
+        };
+        let wwid = self
+            .targets
+            .get(&session.target)
+            .and_then(|t| t.luns.get(&lun).cloned());
+        let Some(wwid) = wwid else { return };
+        let disk = disk_name(self.next_disk);
+        let devnum = DevNum {
+            major: 8,
+            minor: self.next_disk * 16,
+        };
+        self.next_disk += 1;
+        let registered = self.observed.registered_wwids.contains(&wwid);
+        let Some(session) = self.observed.sessions.iter_mut().find(|s| s.host == Some(host)) else {
+            return;
+        };
+        if session.devices.iter().any(|d| d.hctl.lun == lun) {
+            return;
+        }
+        session.devices.push(LunDevice {
+            hctl: Hctl {
+                host,
+                channel: 0,
+                target: 0,
+                lun,
+            },
+            state: "running".into(),
+            wwid: Some(wwid.clone()),
+            disk: Some(blockdev(disk.clone(), devnum)),
+        });
+        // multipathd adds a new path of a registered WWID to its map by itself.
+        if registered {
+            if let Some(map) = self.observed.maps.iter_mut().find(|m| m.wwid == wwid) {
+                map.slaves.push(disk);
+            }
+        }
+    }
+
+    fn disks_with(&self, wwid: &Wwid) -> Vec<String> {
+        self.observed
+            .sessions
+            .iter()
+            .flat_map(|s| s.devices.iter())
+            .filter(|d| d.wwid.as_ref() == Some(wwid))
+            .filter_map(|d| d.disk.as_ref().map(|k| k.name.clone()))
+            .collect()
+    }
+
+    fn set_holders(&mut self) {
+        let holders: BTreeMap<String, String> = self
+            .observed
+            .maps
+            .iter()
+            .flat_map(|m| m.slaves.iter().map(move |s| (s.clone(), m.dev.name.clone())))
+            .collect();
+        for s in self.observed.sessions.iter_mut() {
+            for d in s.devices.iter_mut() {
+                if let Some(disk) = d.disk.as_mut() {
+                    disk.holders = holders.get(&disk.name).cloned().into_iter().collect();
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, action: &Action) -> Result<Outcome, ActError> {
+        self.log.push(action.clone());
+        let r = self.apply(action);
+        self.set_holders();
+        r
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<Outcome, ActError> {
+        match action {
+            a if a.is_bookkeeping() => Ok(Outcome::Changed),
+            Action::EnsureNode { session, settings, .. } => {
+                let k = (session.target.clone(), session.portal);
+                self.node_users
+                    .insert(k, settings.chap.as_ref().map(|c| c.username.clone()));
+                if self.observed.node_records.iter().any(|n| n.target == session.target && n.portal == session.portal) {
+                    return Ok(Outcome::AlreadySo);
+                }
+                self.observed.node_records.push(NodeRecord {
+                    target: session.target.clone(),
+                    portal: session.portal,
+                    tpgt: -1,
+                    path: PathBuf::from(format!("/etc/iscsi/nodes/{}/{},{},-1/default", session.target, session.portal.ip(), session.portal.port())),
+                });
+                Ok(Outcome::Changed)
+            }
+            Action::Login { session, .. } => {
+                if self.session_mut(&session.target, session.portal).is_some() {
+                    return Ok(Outcome::AlreadySo);
+                }
+                let Some(user) = self.node_users.get(&(session.target.clone(), session.portal)).cloned() else {
+                    return Err(iscsi_failure("login", 21));
+                };
+                let Some(target) = self.targets.get(&session.target) else {
+                    return Err(iscsi_failure("login", 19));
+                };
+                if !target.portals.contains(&session.portal) {
+                    return Err(iscsi_failure("login", 8));
+                }
+                if target.chap_user != user {
+                    return Err(iscsi_failure("login", 24));
+                }
+                self.login_by_hand(&session.target, session.portal, &[]);
+                Ok(Outcome::Changed)
+            }
+            Action::Scan { host, lun, .. } => {
+                self.scan(*host, u64::from(lun.0));
+                Ok(Outcome::Changed)
+            }
+            Action::RegisterWwid { wwid } => Ok(if self.observed.registered_wwids.insert(wwid.clone()) {
+                Outcome::Changed
+            } else {
+                Outcome::AlreadySo
+            }),
+            Action::UnregisterWwid { wwid } => Ok(if self.observed.registered_wwids.remove(wwid) {
+                Outcome::Changed
+            } else {
+                Outcome::AlreadySo
+            }),
+            Action::AddMap { wwid } => {
+                if self.observed.maps.iter().any(|m| &m.wwid == wwid) {
+                    return Ok(Outcome::AlreadySo);
+                }
+                let slaves = self.disks_with(wwid);
+                if slaves.is_empty() {
+                    return Err(ActError::MultipathdRefused {
+                        command: format!("add map {wwid}"),
+                        reply: String::new(),
+                    });
+                }
+                let n = self.next_dm;
+                self.next_dm += 1;
+                self.observed.maps.push(Map {
+                    name: wwid.to_string(),
+                    wwid: wwid.clone(),
+                    dev: blockdev(format!("dm-{n}"), DevNum { major: 253, minor: n }),
+                    slaves,
+                    suspended: false,
+                });
+                Ok(Outcome::Changed)
+            }
+            Action::AddPath { disk } => {
+                let wwid = self
+                    .observed
+                    .sessions
+                    .iter()
+                    .flat_map(|s| s.devices.iter())
+                    .find(|d| d.disk.as_ref().is_some_and(|k| &k.name == disk))
+                    .and_then(|d| d.wwid.clone());
+                match self.observed.maps.iter_mut().find(|m| Some(&m.wwid) == wwid.as_ref()) {
+                    Some(m) if !m.slaves.contains(disk) => {
+                        m.slaves.push(disk.clone());
+                        Ok(Outcome::Changed)
+                    }
+                    _ => Ok(Outcome::AlreadySo),
+                }
+            }
+            Action::DelPath { disk } => {
+                for m in self.observed.maps.iter_mut() {
+                    m.slaves.retain(|s| s != disk);
+                }
+                Ok(Outcome::Changed)
+            }
+            Action::DisableQueueing { .. } => Ok(Outcome::Changed),
+            Action::FlushMap { map } => {
+                let mounted = &self.observed.mounted;
+                if let Some(m) = self.observed.maps.iter().find(|m| &m.name == map) {
+                    if mounted.contains(&m.dev.devnum) || !m.dev.holders.is_empty() {
+                        return Err(SysfsError::InUse {
+                            device: map.clone(),
+                            reason: "multipathd: map or partition in use".into(),
+                        }
+                        .into());
+                    }
+                }
+                let before = self.observed.maps.len();
+                self.observed.maps.retain(|m| &m.name != map);
+                Ok(if before == self.observed.maps.len() {
+                    Outcome::AlreadySo
+                } else {
+                    Outcome::Changed
+                })
+            }
+            Action::DeleteDevice { hctl, .. } => {
+                let mut removed = None;
+                for s in self.observed.sessions.iter_mut() {
+                    if let Some(i) = s.devices.iter().position(|d| &d.hctl == hctl) {
+                        removed = Some(s.devices.remove(i));
+                    }
+                }
+                let Some(dev) = removed else {
+                    return Ok(Outcome::AlreadySo);
+                };
+                if let Some(disk) = dev.disk {
+                    if self.observed.mounted.contains(&disk.devnum) {
+                        return Err(SysfsError::InUse {
+                            device: disk.name,
+                            reason: "mounted".into(),
+                        }
+                        .into());
+                    }
+                    for m in self.observed.maps.iter_mut() {
+                        m.slaves.retain(|s| s != &disk.name);
+                    }
+                }
+                Ok(Outcome::Changed)
+            }
+            Action::Logout { session } => {
+                let before = self.observed.sessions.len();
+                let gone: BTreeSet<String> = self
+                    .observed
+                    .sessions
+                    .iter()
+                    .filter(|s| s.target == session.target && s.portal == Some(session.portal))
+                    .flat_map(|s| s.devices.iter().filter_map(|d| d.disk.as_ref().map(|k| k.name.clone())))
+                    .collect();
+                self.observed
+                    .sessions
+                    .retain(|s| !(s.target == session.target && s.portal == Some(session.portal)));
+                for m in self.observed.maps.iter_mut() {
+                    m.slaves.retain(|s| !gone.contains(s));
+                }
+                if before == self.observed.sessions.len() {
+                    return Ok(Outcome::AlreadySo);
+                }
+                Ok(Outcome::Changed)
+            }
+            Action::DeleteNode { session } => {
+                if self.session_mut(&session.target, session.portal).is_some() {
+                    return Err(iscsi_failure("delete node", 15));
+                }
+                let before = self.observed.node_records.len();
+                self.observed
+                    .node_records
+                    .retain(|n| !(n.target == session.target && n.portal == session.portal));
+                self.node_users.remove(&(session.target.clone(), session.portal));
+                Ok(if before == self.observed.node_records.len() {
+                    Outcome::AlreadySo
+                } else {
+                    Outcome::Changed
+                })
+            }
+            Action::OwnVolume { .. }
+            | Action::DisownVolume { .. }
+            | Action::AdoptSession { .. }
+            | Action::ForgetSession { .. }
+            | Action::ForgetWwid { .. } => Ok(Outcome::Changed),
+        }
+    }
+}
+
+impl Host for SimHost {
+    async fn observe(&self, _desired: &Desired) -> Result<Observed, ObserveFailure> {
+        Ok(self.snapshot())
+    }
+
+    async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
+        self.lock().execute(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_name;
+
+    #[test]
+    fn disk_names_follow_the_kernel() {
+        assert_eq!(disk_name(0), "sda");
+        assert_eq!(disk_name(25), "sdz");
+        assert_eq!(disk_name(26), "sdaa");
+        assert_eq!(disk_name(701), "sdzz");
+        assert_eq!(disk_name(702), "sdaaa");
+    }
+}

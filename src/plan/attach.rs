@@ -1,0 +1,343 @@
+//! Planning for volumes that should be present, and for the sessions they need.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{in_use, path_is_live, portal_addr, session_key, Action, ChapSettings, NodeSettings, Planner, Subject, Verdict};
+use crate::desired::{Desired, Volume, VolumeState};
+use crate::observe::{LunDevice, Map, Observed, Session, Wwid};
+use crate::owned::{OwnedVolume, SessionKey};
+
+/// The sessions present volumes need, with the node settings each must have.
+pub(super) struct Wanted {
+    pub sessions: BTreeMap<SessionKey, SessionWant>,
+    /// Volumes refused before any per-volume planning, with the reason.
+    pub blocked: BTreeMap<String, String>,
+}
+
+pub(super) struct SessionWant {
+    pub settings: NodeSettings,
+    pub login_timeout_secs: u32,
+    pub volumes: Vec<String>,
+}
+
+impl Wanted {
+    pub fn contains(&self, key: &SessionKey) -> bool {
+        self.sessions.contains_key(key)
+    }
+}
+
+fn node_settings(volume: &Volume) -> NodeSettings {
+    NodeSettings {
+        replacement_timeout: volume.replacement_timeout,
+        chap: volume.chap.as_ref().map(|c| ChapSettings {
+            username: c.username.clone(),
+            password_file: c.password_file.clone(),
+            username_in: c.username_in.clone(),
+            password_in_file: c.password_in_file.clone(),
+        }),
+    }
+}
+
+/// Volumes that share a target and portal share one session, so they must agree on how it is
+/// set up; a disagreement blocks all of them rather than letting file order pick a winner.
+pub(super) fn wanted_sessions(observed: &Observed, desired: &Desired) -> Wanted {
+    let mut wanted = Wanted {
+        sessions: BTreeMap::new(),
+        blocked: BTreeMap::new(),
+    };
+    let mut conflicts: BTreeSet<SessionKey> = BTreeSet::new();
+    for volume in desired.volumes.iter().filter(|v| v.state == VolumeState::Present) {
+        let settings = node_settings(volume);
+        for portal in &volume.portals {
+            let Some(addr) = portal_addr(observed, portal) else {
+                continue;
+            };
+            let key = session_key(volume, addr);
+            let timeout = volume.login_timeout.as_secs().try_into().unwrap_or(u32::MAX);
+            match wanted.sessions.get_mut(&key) {
+                Some(want) => {
+                    if want.settings != settings {
+                        conflicts.insert(key.clone());
+                    }
+                    want.login_timeout_secs = want.login_timeout_secs.max(timeout);
+                    want.volumes.push(volume.name.to_string());
+                }
+                None => {
+                    wanted.sessions.insert(
+                        key,
+                        SessionWant {
+                            settings: settings.clone(),
+                            login_timeout_secs: timeout,
+                            volumes: vec![volume.name.to_string()],
+                        },
+                    );
+                }
+            }
+        }
+    }
+    for key in conflicts {
+        if let Some(want) = wanted.sessions.remove(&key) {
+            let names = want.volumes.join(", ");
+            for name in &want.volumes {
+                wanted.blocked.insert(
+                    name.clone(),
+                    format!("volumes {names} share the session {key} but disagree on CHAP or replacement_timeout"),
+                );
+            }
+        }
+    }
+    // A blocked volume must not keep other sessions alive on its behalf either.
+    let blocked: BTreeSet<String> = wanted.blocked.keys().cloned().collect();
+    wanted.sessions.retain(|_, want| {
+        want.volumes.retain(|v| !blocked.contains(v));
+        !want.volumes.is_empty()
+    });
+    wanted
+}
+
+pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
+    for (key, want) in &wanted.sessions {
+        let exists = planner.sessions(key).next().is_some();
+        let actions = if !exists {
+            vec![
+                Action::EnsureNode {
+                    session: key.clone(),
+                    settings: want.settings.clone(),
+                    login_timeout_secs: want.login_timeout_secs,
+                },
+                Action::Login {
+                    session: key.clone(),
+                    timeout_secs: want.login_timeout_secs,
+                },
+            ]
+        } else if !planner.owned.sessions.contains(key) {
+            vec![Action::AdoptSession { session: key.clone() }]
+        } else {
+            Vec::new()
+        };
+        planner.lane(Subject::Session(key.clone()), actions);
+    }
+}
+
+/// One path of a volume as the kernel shows it.
+struct Path<'a> {
+    session: &'a Session,
+    device: &'a LunDevice,
+}
+
+pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
+    let observed = planner.observed;
+    let name = volume.name.to_string();
+    let mut actions = Vec::new();
+    let mut waiting: Vec<String> = Vec::new();
+    let mut keys = Vec::new();
+    for portal in &volume.portals {
+        match portal_addr(observed, portal) {
+            Some(addr) => keys.push(session_key(volume, addr)),
+            None => waiting.push(format!("portal {portal} does not resolve")),
+        }
+    }
+
+    let mut paths: Vec<Path<'_>> = Vec::new();
+    for key in &keys {
+        let mut sessions = planner.sessions(key).peekable();
+        if sessions.peek().is_none() {
+            waiting.push(format!("no session to {}", key.portal));
+        }
+        for session in sessions {
+            let found: Vec<&LunDevice> = session.devices.iter().filter(|d| volume.lun.matches(d.hctl.lun)).collect();
+            match (found.is_empty(), session.host, session.state) {
+                (true, Some(host), crate::observe::SessionState::LoggedIn) => actions.push(Action::Scan {
+                    session: key.clone(),
+                    host,
+                    lun: volume.lun,
+                }),
+                (true, _, _) => waiting.push(format!("session {} to {} is {:?}", session.id, key.portal, session.state)),
+                (false, _, _) => paths.extend(found.into_iter().map(|device| Path { session, device })),
+            }
+        }
+    }
+
+    let identity = match identity(volume, &paths, planner.owned.volumes.get(&name)) {
+        Ok(w) => w,
+        Err(reason) => {
+            planner.verdict(&name, Verdict::Blocked(reason));
+            return;
+        }
+    };
+
+    let record = OwnedVolume {
+        target: volume.target.as_str().to_string(),
+        lun: volume.lun,
+        wwid: identity.clone().or_else(|| planner.owned.volumes.get(&name).and_then(|o| o.wwid.clone())),
+    };
+    if planner.owned.volumes.get(&name) != Some(&record) {
+        actions.insert(
+            0,
+            Action::OwnVolume {
+                volume: name.clone(),
+                target: record.target.clone(),
+                lun: record.lun,
+                wwid: record.wwid.clone(),
+            },
+        );
+    }
+
+    let stale = stale_paths(planner, volume, &keys);
+    let map = identity.as_ref().and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+    let verdict = if volume.multipath {
+        plan_multipath(planner, volume, &paths, identity.as_ref(), map, &mut actions, &mut waiting)
+    } else {
+        single_path_verdict(&paths, &mut waiting)
+    };
+    let verdict = match stale {
+        Ok(stale_actions) => {
+            actions.extend(stale_actions);
+            verdict
+        }
+        Err(reason) => Verdict::Blocked(reason),
+    };
+    planner.verdict(&name, verdict);
+    planner.lane(Subject::Volume(name), actions);
+}
+
+/// The volume's WWID, once a path shows it; refuses a LUN whose identity is not the expected one
+/// or has changed since lunkeeper attached it (a LUN number reused for other data).
+fn identity(volume: &Volume, paths: &[Path<'_>], owned: Option<&OwnedVolume>) -> Result<Option<Wwid>, String> {
+    let seen: BTreeSet<&Wwid> = paths.iter().filter_map(|p| p.device.wwid.as_ref()).collect();
+    let mut seen = seen.into_iter();
+    let Some(wwid) = seen.next() else {
+        return Ok(None);
+    };
+    if let Some(other) = seen.next() {
+        return Err(format!(
+            "paths to {} LUN {} disagree on its identity ({wwid} and {other}); refusing to combine them",
+            volume.target, volume.lun
+        ));
+    }
+    if let Some(expect) = &volume.expect_wwid {
+        if expect != wwid {
+            return Err(format!(
+                "{} LUN {} has WWID {wwid}, expected {expect}; refusing to use it",
+                volume.target, volume.lun
+            ));
+        }
+    }
+    if let Some(known) = owned.and_then(|o| o.wwid.as_ref()) {
+        if known != wwid {
+            return Err(format!(
+                "{} LUN {} now has WWID {wwid} but was attached as {known}: the LUN was reused; \
+                 detach it (state = \"absent\") and attach again if this is intended",
+                volume.target, volume.lun
+            ));
+        }
+    }
+    Ok(Some(wwid.clone()))
+}
+
+fn plan_multipath(
+    planner: &Planner<'_>,
+    volume: &Volume,
+    paths: &[Path<'_>],
+    wwid: Option<&Wwid>,
+    map: Option<&Map>,
+    actions: &mut Vec<Action>,
+    waiting: &mut Vec<String>,
+) -> Verdict {
+    let Some(wwid) = wwid else {
+        if paths.is_empty() {
+            waiting.push(format!("LUN {} not visible yet", volume.lun));
+        } else {
+            waiting.push(format!("LUN {} shows no WWID yet (does the target export a unit serial?)", volume.lun));
+        }
+        return Verdict::Pending(waiting.join("; "));
+    };
+    if !planner.observed.registered_wwids.contains(wwid) {
+        actions.push(Action::RegisterWwid { wwid: wwid.clone() });
+    }
+    let Some(map) = map else {
+        if paths.iter().any(|p| p.device.disk.is_some()) {
+            actions.push(Action::AddMap { wwid: wwid.clone() });
+        }
+        waiting.push(format!("multipath map {wwid} not formed yet"));
+        return Verdict::Pending(waiting.join("; "));
+    };
+    for path in paths {
+        let Some(disk) = &path.device.disk else { continue };
+        let free = in_use(disk, &planner.observed.mounted, None).is_none();
+        if path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name) && free {
+            actions.push(Action::AddPath { disk: disk.name.clone() });
+        }
+    }
+    if !map.dev.node_present {
+        waiting.push(format!("/dev/mapper/{} not created yet", map.name));
+        return Verdict::Pending(waiting.join("; "));
+    }
+    let live: Vec<&Path<'_>> = paths
+        .iter()
+        .filter(|p| path_is_live(p.session, p.device))
+        .filter(|p| p.device.disk.as_ref().is_some_and(|d| map.slaves.contains(&d.name)))
+        .collect();
+    for p in paths.iter().filter(|p| !path_is_live(p.session, p.device)) {
+        waiting.push(format!(
+            "path {} via {} is down (session {:?}, device {})",
+            p.device.hctl,
+            p.session.portal.map(|a| a.to_string()).unwrap_or_default(),
+            p.session.state,
+            p.device.state
+        ));
+    }
+    if map.suspended {
+        waiting.push(format!("map {} is suspended", map.name));
+    }
+    if live.len() >= volume.portals.len() && waiting.is_empty() {
+        Verdict::Ready
+    } else if live.is_empty() {
+        Verdict::Degraded(format!("no live path: {}", waiting.join("; ")))
+    } else {
+        Verdict::Degraded(format!("{} of {} paths live: {}", live.len(), volume.portals.len(), waiting.join("; ")))
+    }
+}
+
+fn single_path_verdict(paths: &[Path<'_>], waiting: &mut Vec<String>) -> Verdict {
+    match paths.first() {
+        Some(p) if path_is_live(p.session, p.device) && p.device.disk.as_ref().is_some_and(|d| d.node_present) => {
+            Verdict::Ready
+        }
+        Some(p) => {
+            waiting.push(format!("device {} is {} and not usable yet", p.device.hctl, p.device.state));
+            Verdict::Pending(waiting.join("; "))
+        }
+        None => Verdict::Pending(waiting.join("; ")),
+    }
+}
+
+/// Paths of this volume's LUN on lunkeeper's sessions through portals the volume no longer
+/// lists: take them out of the map, then delete them.
+fn stale_paths(planner: &Planner<'_>, volume: &Volume, keys: &[SessionKey]) -> Result<Vec<Action>, String> {
+    let observed = planner.observed;
+    let mut actions = Vec::new();
+    for session in &observed.sessions {
+        let Some(portal) = session.portal else { continue };
+        let key = session_key(volume, portal);
+        if session.target != volume.target.as_str() || keys.contains(&key) || !planner.owned.sessions.contains(&key) {
+            continue;
+        }
+        for device in session.devices.iter().filter(|d| volume.lun.matches(d.hctl.lun)) {
+            if let Some(disk) = &device.disk {
+                let map = observed.maps.iter().find(|m| m.slaves.contains(&disk.name));
+                if let Some(reason) = in_use(disk, &observed.mounted, map.map(|m| m.dev.name.as_str())) {
+                    return Err(format!("cannot remove the path through {portal}: {reason}"));
+                }
+                if map.is_some() {
+                    actions.push(Action::DelPath { disk: disk.name.clone() });
+                }
+            }
+            actions.push(Action::DeleteDevice {
+                hctl: device.hctl,
+                disk: device.disk.as_ref().map(|d| d.name.clone()),
+            });
+        }
+    }
+    Ok(actions)
+}

@@ -1,0 +1,234 @@
+//! Planning for volumes that should be gone, and for sessions and WWIDs nothing needs any more.
+//! Only what lunkeeper owns is ever taken down.
+
+use std::collections::BTreeSet;
+
+use super::attach::Wanted;
+use super::{in_use, path_is_live, Action, Planner, Subject, Verdict};
+use crate::desired::{Desired, Lun, VolumeState};
+use crate::observe::{LunDevice, Wwid};
+use crate::owned::{OwnedVolume, SessionKey};
+
+/// A volume to take down: listed as absent, or owned but no longer listed at all.
+struct Leaving {
+    name: String,
+    target: String,
+    lun: Lun,
+}
+
+pub(super) fn plan_volumes(planner: &mut Planner<'_>, desired: &Desired) {
+    let present: BTreeSet<(&str, Lun)> = desired
+        .volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Present)
+        .map(|v| (v.target.as_str(), v.lun))
+        .collect();
+    let mut leaving: Vec<Leaving> = desired
+        .volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Absent)
+        .map(|v| Leaving {
+            name: v.name.to_string(),
+            target: v.target.as_str().to_string(),
+            lun: v.lun,
+        })
+        .collect();
+    for (name, record) in &planner.owned.volumes {
+        if desired.volume(name).is_some() {
+            continue;
+        }
+        if present.contains(&(record.target.as_str(), record.lun)) {
+            // Renamed in the file: the new name takes it over, nothing is detached.
+            planner.lane(Subject::Volume(name.clone()), vec![Action::DisownVolume { volume: name.clone() }]);
+            continue;
+        }
+        leaving.push(Leaving {
+            name: name.clone(),
+            target: record.target.clone(),
+            lun: record.lun,
+        });
+    }
+    for volume in &leaving {
+        plan_volume(planner, volume);
+    }
+}
+
+fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
+    let observed = planner.observed;
+    let Some(record) = planner.owned.volumes.get(&volume.name) else {
+        let visible = observed
+            .sessions
+            .iter()
+            .filter(|s| s.target == volume.target)
+            .any(|s| s.devices.iter().any(|d| volume.lun.matches(d.hctl.lun)));
+        let verdict = if visible {
+            Verdict::Blocked(format!(
+                "{} LUN {} is attached, but not by lunkeeper; it is left alone",
+                volume.target, volume.lun
+            ))
+        } else {
+            Verdict::Absent
+        };
+        planner.verdict(&volume.name, verdict);
+        return;
+    };
+
+    let paths: Vec<&LunDevice> = observed
+        .sessions
+        .iter()
+        .filter(|s| s.target == record.target)
+        .filter(|s| s.portal.is_some_and(|p| planner.owned.sessions.contains(&key(&record.target, p))))
+        .flat_map(|s| s.devices.iter().filter(|d| record.lun.matches(d.hctl.lun)))
+        .collect();
+    let wwid = record
+        .wwid
+        .clone()
+        .or_else(|| paths.iter().find_map(|d| d.wwid.clone()));
+    let map = wwid.as_ref().and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+
+    if let Some(reason) = busy(planner, &paths, map) {
+        planner.verdict(&volume.name, Verdict::Blocked(format!("in use, not detaching: {reason}")));
+        return;
+    }
+
+    let mut actions = Vec::new();
+    if let Some(map) = map {
+        let any_live = observed.sessions.iter().any(|s| {
+            s.devices
+                .iter()
+                .any(|d| path_is_live(s, d) && d.disk.as_ref().is_some_and(|k| map.slaves.contains(&k.name)))
+        });
+        if !any_live {
+            actions.push(Action::DisableQueueing { map: map.name.clone() });
+        }
+        actions.push(Action::FlushMap { map: map.name.clone() });
+    }
+    for device in &paths {
+        actions.push(Action::DeleteDevice {
+            hctl: device.hctl,
+            disk: device.disk.as_ref().map(|d| d.name.clone()),
+        });
+    }
+    let registered = wwid
+        .as_ref()
+        .filter(|w| planner.owned.wwids.contains(*w) && observed.registered_wwids.contains(*w));
+    if let Some(w) = registered {
+        actions.push(Action::UnregisterWwid { wwid: w.clone() });
+    }
+    let verdict = if actions.is_empty() {
+        actions.push(Action::DisownVolume {
+            volume: volume.name.clone(),
+        });
+        Verdict::Absent
+    } else if paths.is_empty() && map.is_none() {
+        Verdict::Absent
+    } else {
+        Verdict::Pending("detaching".to_string())
+    };
+    planner.verdict(&volume.name, verdict);
+    planner.lane(Subject::Volume(volume.name.clone()), actions);
+}
+
+/// Why the volume's map or any of its path devices cannot be taken away now.
+fn busy(planner: &Planner<'_>, paths: &[&LunDevice], map: Option<&crate::observe::Map>) -> Option<String> {
+    let mounted = &planner.observed.mounted;
+    if let Some(reason) = map.and_then(|m| in_use(&m.dev, mounted, None)) {
+        return Some(reason);
+    }
+    let map_name = map.map(|m| m.dev.name.as_str());
+    paths
+        .iter()
+        .filter_map(|d| d.disk.as_ref())
+        .find_map(|disk| in_use(disk, mounted, map_name))
+}
+
+fn key(target: &str, portal: std::net::SocketAddr) -> SessionKey {
+    SessionKey {
+        target: target.to_string(),
+        portal,
+    }
+}
+
+/// Sessions and node records lunkeeper owns that no present volume needs: log out once no
+/// device is left on them; a device nobody manages keeps the session up.
+pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
+    let owned = planner.owned;
+    let keys: BTreeSet<&SessionKey> = owned.sessions.iter().chain(owned.nodes.iter()).collect();
+    for key in keys {
+        if wanted.contains(key) {
+            continue;
+        }
+        let sessions: Vec<_> = planner.sessions(key).collect();
+        let mut actions = Vec::new();
+        if sessions.is_empty() {
+            if planner.has_node_record(key) && owned.nodes.contains(key) {
+                actions.push(Action::DeleteNode { session: key.clone() });
+            } else {
+                actions.push(Action::ForgetSession { session: key.clone() });
+            }
+        } else if sessions.iter().all(|s| s.devices.is_empty()) {
+            if owned.sessions.contains(key) {
+                actions.push(Action::Logout { session: key.clone() });
+            }
+            if owned.nodes.contains(key) && planner.has_node_record(key) {
+                actions.push(Action::DeleteNode { session: key.clone() });
+            }
+        } else {
+            let managed: BTreeSet<Lun> = owned
+                .volumes
+                .values()
+                .filter(|v| v.target == key.target)
+                .map(|v| v.lun)
+                .collect();
+            for s in &sessions {
+                for d in s.devices.iter().filter(|d| !managed.iter().any(|l| l.matches(d.hctl.lun))) {
+                    planner.plan.notes.push(format!(
+                        "session {} ({key}) is no longer needed but carries {} (LUN {}), which lunkeeper does not manage; not logging out",
+                        s.id, d.hctl, d.hctl.lun
+                    ));
+                }
+            }
+        }
+        planner.lane(Subject::Session(key.clone()), actions);
+    }
+}
+
+/// WWIDs lunkeeper registered that no owned volume and no present volume's LUN carries.
+pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
+    let observed = planner.observed;
+    let in_use: BTreeSet<&Wwid> = planner
+        .owned
+        .volumes
+        .values()
+        .filter_map(|v: &OwnedVolume| v.wwid.as_ref())
+        .chain(
+            desired
+                .volumes
+                .iter()
+                .filter(|v| v.state == VolumeState::Present)
+                .flat_map(|v| {
+                    observed
+                        .sessions
+                        .iter()
+                        .filter(move |s| s.target == v.target.as_str())
+                        .flat_map(move |s| s.devices.iter().filter(move |d| v.lun.matches(d.hctl.lun)))
+                })
+                .filter_map(|d| d.wwid.as_ref()),
+        )
+        .collect();
+    let mut actions = Vec::new();
+    for w in planner.owned.wwids.iter().filter(|w| !in_use.contains(w)) {
+        if observed.registered_wwids.contains(w) {
+            actions.push(Action::UnregisterWwid { wwid: w.clone() });
+        } else {
+            actions.push(Action::ForgetWwid { wwid: w.clone() });
+        }
+    }
+    for a in actions {
+        let subject = match &a {
+            Action::UnregisterWwid { wwid } | Action::ForgetWwid { wwid } => Subject::Volume(format!("wwid:{wwid}")),
+            _ => continue,
+        };
+        planner.lane(subject, vec![a]);
+    }
+}
