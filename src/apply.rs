@@ -97,7 +97,11 @@ pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opt
             continue;
         }
 
-        if plan.actions().fold(false, |dirty, a| ownership::claim(&mut owned, a) || dirty) {
+        let mut claimed = false;
+        for action in plan.actions() {
+            claimed |= ownership::claim(&mut owned, action);
+        }
+        if claimed {
             store.save(&owned)?;
         }
         let results = join_all(plan.lanes.iter().map(|lane| run_lane(host, lane))).await;
@@ -258,5 +262,86 @@ fn report(
         notes: plan.notes,
         executed,
         observed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::*;
+
+    fn opts() -> ApplyOptions {
+        ApplyOptions {
+            timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_converges_and_a_second_apply_does_nothing() {
+        let sim = network();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0), volume("big", TARGET_A, &[P1, P2], 300)]);
+        let r = apply(&sim, &d, &store, &opts()).await.unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(r.volumes["db"].verdict, Verdict::Ready);
+        assert_eq!(sim.snapshot().maps.len(), 2);
+        let logins = sim.lock().log.iter().filter(|a| matches!(a, Action::Login { .. })).count();
+        assert_eq!(logins, 2, "two volumes on the same portals share two sessions");
+
+        let before = sim.lock().log.len();
+        let r = apply(&sim, &d, &store, &opts()).await.unwrap();
+        assert!(r.converged);
+        assert!(r.executed.is_empty(), "{:?}", r.executed);
+        assert_eq!(sim.lock().log.len(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_chap_user_fails_the_volume_and_leaves_nothing_behind() {
+        let sim = network();
+        sim.lock().targets.get_mut(TARGET_A).unwrap().chap_user = Some("alice".into());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![with_chap(volume("db", TARGET_A, &[P1, P2], 0), "mallory")]);
+        let r = apply(&sim, &d, &store, &opts()).await.unwrap();
+        assert!(!r.converged);
+        let db = &r.volumes["db"];
+        assert!(db.failed);
+        assert!(db.error.as_deref().unwrap_or("").contains("authentication failed"), "{db:?}");
+        let o = sim.snapshot();
+        assert!(o.sessions.is_empty());
+        assert!(o.node_records.is_empty(), "{:?}", o.node_records);
+        assert!(store.load().unwrap().is_empty());
+        let logins = sim.lock().log.iter().filter(|a| matches!(a, Action::Login { .. })).count();
+        assert_eq!(logins, 2, "an authentication failure is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_portal_leaves_the_volume_degraded_and_apply_times_out() {
+        let sim = network();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, "127.0.0.9:3260"], 0)]);
+        let r = apply(&sim, &d, &store, &opts()).await.unwrap();
+        assert!(!r.converged);
+        let db = &r.volumes["db"];
+        assert!(matches!(db.verdict, Verdict::Degraded(_)), "{db:?}");
+        assert!(db.error.as_deref().unwrap_or("").contains("transport timeout"), "{db:?}");
+        assert_eq!(sim.snapshot().maps[0].slaves.len(), 1, "the reachable path is in use meanwhile");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ownership_is_recorded_before_acting() {
+        let sim = network();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        apply(&sim, &d, &store, &opts()).await.unwrap();
+        let owned = store.load().unwrap();
+        assert!(owned.volumes.contains_key("db"));
+        assert_eq!(owned.sessions.len(), 1);
+        assert_eq!(owned.nodes.len(), 1);
+        assert_eq!(owned.wwids.len(), 1);
     }
 }

@@ -11,3 +11,6 @@ pub mod observe;
 pub mod owned;
 pub mod plan;
 pub mod status;
+
+#[cfg(test)]
+mod testkit;

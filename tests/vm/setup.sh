@@ -5,7 +5,7 @@ set -euo pipefail
 
 VENV=${LUNKEEPER_VNG_VENV:-/opt/lunkeeper-vng}
 PKGS=(qemu-system-x86 linux-image-amd64 udev kmod open-iscsi multipath-tools sg3-utils
-      lsscsi iproute2 libudev-dev pkg-config python3-venv util-linux e2fsprogs busybox)
+      lsscsi iproute2 libudev-dev pkg-config python3-venv util-linux e2fsprogs busybox-static)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what it needs, then formatting,
+# lints, unit tests and the VM scenarios against a real kernel. Run as root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash tests/vm/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== unit and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test
+fi
+
+echo "== VM scenarios (real kernel: LIO target, open-iscsi, multipathd, udev)"
+cargo build
+failed=0
+passed=0
+for scenario in tests/vm/core.sh; do
+  name=$(basename "$scenario" .sh)
+  if LK_VM_NAME="$name" tests/vm/vm.sh "$scenario"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "VM scenario $name FAILED: see tests/vm/out/$name/"
+  fi
+done
+echo "vm scenarios: $passed passed, $failed failed"
+((failed == 0))
