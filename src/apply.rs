@@ -2,7 +2,7 @@
 //! that the daemon runs per pass. It owns no decision: it only runs what `plan` returns,
 //! records ownership around it, and remembers errors to report them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -22,6 +22,9 @@ pub struct ApplyOptions {
     pub timeout: Duration,
     /// How often to look again while waiting on the kernel, udev or multipathd.
     pub poll: Duration,
+    /// How long a request that takes effect later (a scan, a map, a path) is given before it is
+    /// sent again.
+    pub settle: Duration,
 }
 
 impl Default for ApplyOptions {
@@ -29,6 +32,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             timeout: Duration::from_secs(120),
             poll: Duration::from_millis(50),
+            settle: Duration::from_secs(3),
         }
     }
 }
@@ -71,24 +75,29 @@ pub struct Executed {
 
 /// Runs rounds of observe → plan → act until every volume is where the file says, nothing more
 /// can be done without an operator, or the timeout passes.
-pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opts: &ApplyOptions) -> Result<Report, ApplyError> {
+pub async fn apply<H: Host>(
+    host: &H,
+    desired: &Desired,
+    store: &OwnedStore,
+    opts: &ApplyOptions,
+) -> Result<Report, ApplyError> {
     let mut owned = store.load()?;
     let owned_at_start: BTreeSet<String> = owned.volumes.keys().cloned().collect();
     let deadline = Instant::now() + opts.timeout;
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut executed = Vec::new();
-    let mut backoff = opts.poll;
+    let mut holds = Holds::default();
     loop {
         let effective = rollback_failed(desired, &failed, &owned_at_start);
         let observed = host.observe(&effective).await?;
         let mut plan = plan::plan(&effective, &observed, &owned);
         let skipped = skip_failed(&mut plan, &effective, &observed, &failed, &owned_at_start);
+        holds.apply(&mut plan);
         let nothing_to_do = plan.is_empty();
-        let waiting_pays = plan
-            .volumes
-            .iter()
-            .any(|(name, v)| !v.is_settled() && !matches!(v, Verdict::Blocked(_)) && !skipped.contains(name));
+        let waiting_pays = plan.volumes.iter().any(|(name, v)| {
+            !v.is_settled() && !matches!(v, Verdict::Blocked(_)) && !skipped.contains(name)
+        });
         if (nothing_to_do && !waiting_pays) || Instant::now() >= deadline {
             return Ok(report(plan, observed, &errors, &failed, executed));
         }
@@ -106,10 +115,10 @@ pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opt
         }
         let results = join_all(plan.lanes.iter().map(|lane| run_lane(host, lane))).await;
         let mut dirty = false;
-        let mut had_error = false;
         for (lane, result) in plan.lanes.iter().zip(results) {
             for (action, outcome) in result.done {
                 dirty |= ownership::release(&mut owned, action);
+                holds.succeeded(action, opts.settle);
                 executed.push(Executed {
                     subject: lane.subject.clone(),
                     action: action.clone(),
@@ -117,7 +126,7 @@ pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opt
                 });
             }
             if let Some((action, error)) = result.failed {
-                had_error = true;
+                holds.failed(action, opts.poll);
                 for volume in volumes_of(&lane.subject, &effective, &observed) {
                     errors.insert(volume.clone(), format!("{action}: {error}"));
                     if error.is_permanent() {
@@ -129,14 +138,52 @@ pub async fn apply<H: Host>(host: &H, desired: &Desired, store: &OwnedStore, opt
         if dirty {
             store.save(&owned)?;
         }
-        if had_error {
-            // Transient failures (an unreachable portal, iscsid busy) are retried, but not in a
-            // tight loop.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// When an action may run again. A request that takes effect later is given time to land
+/// before it is sent again; a failed action is retried with exponential backoff (capped), so
+/// one volume's trouble neither spins the loop nor delays the others.
+#[derive(Default)]
+struct Holds {
+    until: HashMap<Action, Instant>,
+    failures: HashMap<Action, u32>,
+}
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+impl Holds {
+    fn succeeded(&mut self, action: &Action, settle: Duration) {
+        self.failures.remove(action);
+        if action.takes_effect_later() {
+            self.until.insert(action.clone(), Instant::now() + settle);
         } else {
-            backoff = opts.poll;
+            self.until.remove(action);
         }
+    }
+
+    fn failed(&mut self, action: &Action, first_delay: Duration) {
+        let n = self.failures.entry(action.clone()).or_insert(0);
+        *n += 1;
+        let delay = first_delay
+            .saturating_mul(1 << (*n - 1).min(16))
+            .min(MAX_RETRY_DELAY);
+        self.until.insert(action.clone(), Instant::now() + delay);
+    }
+
+    /// Removes held actions from the plan. A lane holding a failed action waits as a whole:
+    /// what precedes it was done already, and what follows depends on it. An action that is
+    /// only settling is skipped alone.
+    fn apply(&mut self, plan: &mut Plan) {
+        let now = Instant::now();
+        self.until.retain(|_, t| *t > now);
+        let failed_held = |a: &Action| self.until.contains_key(a) && self.failures.contains_key(a);
+        plan.lanes
+            .retain(|lane| !lane.actions.iter().any(failed_held));
+        for lane in plan.lanes.iter_mut() {
+            lane.actions.retain(|a| !self.until.contains_key(a));
+        }
+        plan.lanes.retain(|l| !l.actions.is_empty());
     }
 }
 
@@ -176,7 +223,11 @@ async fn run_lane<'a, H: Host>(host: &H, lane: &'a Lane) -> LaneResult<'a> {
 /// A volume whose first attach failed for good is rolled back: planned as absent, so what this
 /// run created for it (node records, a session) is removed again. One that was attached before
 /// is left as it is.
-fn rollback_failed(desired: &Desired, failed: &BTreeSet<String>, owned_at_start: &BTreeSet<String>) -> Desired {
+fn rollback_failed(
+    desired: &Desired,
+    failed: &BTreeSet<String>,
+    owned_at_start: &BTreeSet<String>,
+) -> Desired {
     let mut effective = desired.clone();
     for v in effective.volumes.iter_mut() {
         let name = v.name.as_str();
@@ -195,7 +246,11 @@ fn skip_failed(
     failed: &BTreeSet<String>,
     owned_at_start: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let skipped: BTreeSet<String> = failed.iter().filter(|n| owned_at_start.contains(*n)).cloned().collect();
+    let skipped: BTreeSet<String> = failed
+        .iter()
+        .filter(|n| owned_at_start.contains(*n))
+        .cloned()
+        .collect();
     if skipped.is_empty() {
         return skipped;
     }
@@ -217,8 +272,12 @@ fn volumes_of(subject: &Subject, desired: &Desired, observed: &Observed) -> Vec<
             .filter(|v| {
                 v.portals.iter().any(|p| {
                     let addr = match &p.host {
-                        crate::desired::PortalHost::Ip(ip) => Some(std::net::SocketAddr::new(*ip, p.port)),
-                        crate::desired::PortalHost::Name(_) => observed.resolved.get(&p.to_string()).copied(),
+                        crate::desired::PortalHost::Ip(ip) => {
+                            Some(std::net::SocketAddr::new(*ip, p.port))
+                        }
+                        crate::desired::PortalHost::Name(_) => {
+                            observed.resolved.get(&p.to_string()).copied()
+                        }
                     };
                     addr == Some(key.portal)
                 })
@@ -255,7 +314,9 @@ fn report(
             )
         })
         .collect();
-    let converged = volumes.values().all(|v| v.verdict.is_settled() && !v.failed);
+    let converged = volumes
+        .values()
+        .all(|v| v.verdict.is_settled() && !v.failed);
     Report {
         converged,
         volumes,
@@ -274,6 +335,7 @@ mod tests {
         ApplyOptions {
             timeout: Duration::from_secs(5),
             poll: Duration::from_millis(1),
+            settle: Duration::from_millis(100),
         }
     }
 
@@ -282,13 +344,24 @@ mod tests {
         let sim = network();
         let dir = tempfile::tempdir().unwrap();
         let store = OwnedStore::new(dir.path());
-        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0), volume("big", TARGET_A, &[P1, P2], 300)]);
+        let d = desired(vec![
+            volume("db", TARGET_A, &[P1, P2], 0),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
         let r = apply(&sim, &d, &store, &opts()).await.unwrap();
         assert!(r.converged, "{:?}", r.volumes);
         assert_eq!(r.volumes["db"].verdict, Verdict::Ready);
         assert_eq!(sim.snapshot().maps.len(), 2);
-        let logins = sim.lock().log.iter().filter(|a| matches!(a, Action::Login { .. })).count();
-        assert_eq!(logins, 2, "two volumes on the same portals share two sessions");
+        let logins = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| matches!(a, Action::Login { .. }))
+            .count();
+        assert_eq!(
+            logins, 2,
+            "two volumes on the same portals share two sessions"
+        );
 
         let before = sim.lock().log.len();
         let r = apply(&sim, &d, &store, &opts()).await.unwrap();
@@ -303,17 +376,31 @@ mod tests {
         sim.lock().targets.get_mut(TARGET_A).unwrap().chap_user = Some("alice".into());
         let dir = tempfile::tempdir().unwrap();
         let store = OwnedStore::new(dir.path());
-        let d = desired(vec![with_chap(volume("db", TARGET_A, &[P1, P2], 0), "mallory")]);
+        let d = desired(vec![with_chap(
+            volume("db", TARGET_A, &[P1, P2], 0),
+            "mallory",
+        )]);
         let r = apply(&sim, &d, &store, &opts()).await.unwrap();
         assert!(!r.converged);
         let db = &r.volumes["db"];
         assert!(db.failed);
-        assert!(db.error.as_deref().unwrap_or("").contains("authentication failed"), "{db:?}");
+        assert!(
+            db.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("authentication failed"),
+            "{db:?}"
+        );
         let o = sim.snapshot();
         assert!(o.sessions.is_empty());
         assert!(o.node_records.is_empty(), "{:?}", o.node_records);
         assert!(store.load().unwrap().is_empty());
-        let logins = sim.lock().log.iter().filter(|a| matches!(a, Action::Login { .. })).count();
+        let logins = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| matches!(a, Action::Login { .. }))
+            .count();
         assert_eq!(logins, 2, "an authentication failure is not retried");
     }
 
@@ -327,8 +414,52 @@ mod tests {
         assert!(!r.converged);
         let db = &r.volumes["db"];
         assert!(matches!(db.verdict, Verdict::Degraded(_)), "{db:?}");
-        assert!(db.error.as_deref().unwrap_or("").contains("transport timeout"), "{db:?}");
-        assert_eq!(sim.snapshot().maps[0].slaves.len(), 1, "the reachable path is in use meanwhile");
+        assert!(
+            db.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("transport timeout"),
+            "{db:?}"
+        );
+        assert_eq!(
+            sim.snapshot().maps[0].slaves.len(),
+            1,
+            "the reachable path is in use meanwhile"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_lands_later_is_not_repeated_while_it_settles() {
+        let sim = network();
+        // The second path appears only after the map exists, so it has to be added to it.
+        sim.lock()
+            .targets
+            .get_mut(TARGET_A)
+            .unwrap()
+            .portals
+            .retain(|p| *p == addr(P1));
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        assert!(apply(&sim, &d, &store, &opts()).await.unwrap().converged);
+        let disk = {
+            let mut w = sim.lock();
+            w.targets.get_mut(TARGET_A).unwrap().portals.push(addr(P2));
+            w.observed.registered_wwids.clear();
+            w.login_by_hand(TARGET_A, addr(P2), &[0]);
+            w.add_path_lag = 20;
+            w.observed.sessions[1].devices[0].disk.clone().unwrap().name
+        };
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let r = apply(&sim, &d, &store, &opts()).await.unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        let adds = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| **a == Action::AddPath { disk: disk.clone() })
+            .count();
+        assert!((1..=2).contains(&adds), "add path sent {adds} times");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 
 pub mod act;
 pub mod apply;
+pub mod daemon;
 pub mod desired;
 pub mod observe;
 pub mod owned;

@@ -20,13 +20,26 @@ const BAD_CONFIG: u8 = 2;
 const CANNOT_RUN: u8 = 3;
 
 #[derive(Parser)]
-#[command(version, about = "Keeps this host's iSCSI volumes attached exactly as a declarative file says")]
+#[command(
+    version,
+    about = "Keeps this host's iSCSI volumes attached exactly as a declarative file says"
+)]
 struct Cli {
     /// The desired-state file.
-    #[arg(long, global = true, env = "LUNKEEPER_CONFIG", default_value = "/etc/lunkeeper/volumes.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "LUNKEEPER_CONFIG",
+        default_value = "/etc/lunkeeper/volumes.toml"
+    )]
     config: PathBuf,
     /// Where lunkeeper records what it owns.
-    #[arg(long, global = true, env = "LUNKEEPER_STATE_DIR", default_value = "/var/lib/lunkeeper")]
+    #[arg(
+        long,
+        global = true,
+        env = "LUNKEEPER_STATE_DIR",
+        default_value = "/var/lib/lunkeeper"
+    )]
     state_dir: PathBuf,
     /// Root of the file system to read sysfs, /dev and /proc under (tests only).
     #[arg(long, global = true, default_value = "/", hide = true)]
@@ -61,10 +74,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Apply { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Apply { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 
     let desired = match desired::load(&cli.config) {
         Ok(d) => d,
@@ -74,10 +95,18 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Validate = cli.command {
-        println!("{}: ok, {} volumes", cli.config.display(), desired.volumes.len());
+        println!(
+            "{}: ok, {} volumes",
+            cli.config.display(),
+            desired.volumes.len()
+        );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("lunkeeper: cannot start the runtime: {e}");
@@ -140,7 +169,11 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             let report = apply::apply(&host, desired, &store, &opts).await?;
             let status = Status::build(desired, &report.observed, &report.volumes);
             if !json {
-                let changed = report.executed.iter().filter(|e| e.changed && !e.action.is_bookkeeping()).count();
+                let changed = report
+                    .executed
+                    .iter()
+                    .filter(|e| e.changed && !e.action.is_bookkeeping())
+                    .count();
                 println!("{} actions taken", changed);
                 for note in &report.notes {
                     println!("note: {note}");
@@ -161,7 +194,8 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
 
 /// One apply at a time: two would plan against each other's half-done work.
 fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -169,8 +203,9 @@ fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| anyhow::anyhow!("{}: another lunkeeper is applying ({e})", path.display()))
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!("{}: another lunkeeper is applying ({e})", path.display())
+    })
 }
 
 fn print_plan(plan: &plan::Plan) {
@@ -211,8 +246,17 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
         }
         println!();
         for p in &v.paths {
-            let session = p.session.map(|s| format!("session{s}")).unwrap_or_else(|| "-".into());
-            println!("    {:<28} {:<10} {:<6} {}", p.portal, session, p.device.as_deref().unwrap_or("-"), p.state);
+            let session = p
+                .session
+                .map(|s| format!("session{s}"))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "    {:<28} {:<10} {:<6} {}",
+                p.portal,
+                session,
+                p.device.as_deref().unwrap_or("-"),
+                p.state
+            );
         }
     }
     println!("{}", status.summary());

@@ -54,16 +54,30 @@ pub struct Owned {
 #[derive(Debug, thiserror::Error)]
 pub enum OwnedError {
     #[error("{path}: cannot read ownership records: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: ownership records are corrupt ({source}); refusing to guess what lunkeeper owns")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: ownership records are corrupt ({source}); refusing to guess what lunkeeper owns"
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: cannot write ownership records: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Owned {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.nodes.is_empty() && self.wwids.is_empty() && self.volumes.is_empty()
+        self.sessions.is_empty()
+            && self.nodes.is_empty()
+            && self.wwids.is_empty()
+            && self.volumes.is_empty()
     }
 }
 
@@ -120,7 +134,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

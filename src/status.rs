@@ -39,7 +39,11 @@ pub struct PathStatus {
 }
 
 impl Status {
-    pub fn build(desired: &Desired, observed: &Observed, results: &BTreeMap<String, VolumeResult>) -> Status {
+    pub fn build(
+        desired: &Desired,
+        observed: &Observed,
+        results: &BTreeMap<String, VolumeResult>,
+    ) -> Status {
         let volumes = desired
             .volumes
             .iter()
@@ -63,7 +67,11 @@ impl Status {
     }
 }
 
-fn volume_status(volume: &Volume, observed: &Observed, result: Option<&VolumeResult>) -> VolumeStatus {
+fn volume_status(
+    volume: &Volume,
+    observed: &Observed,
+    result: Option<&VolumeResult>,
+) -> VolumeStatus {
     let paths: Vec<PathStatus> = volume
         .portals
         .iter()
@@ -76,9 +84,12 @@ fn volume_status(volume: &Volume, observed: &Observed, result: Option<&VolumeRes
                 .sessions
                 .iter()
                 .find(|s| s.target == volume.target.as_str() && addr.is_some() && s.portal == addr);
-            let device = session.and_then(|s| s.devices.iter().find(|d| volume.lun.matches(d.hctl.lun)));
+            let device =
+                session.and_then(|s| s.devices.iter().find(|d| volume.lun.matches(d.hctl.lun)));
             let state = match (session, device) {
-                (Some(s), Some(d)) if s.state == SessionState::LoggedIn && d.is_running() => "active",
+                (Some(s), Some(d)) if s.state == SessionState::LoggedIn && d.is_running() => {
+                    "active"
+                }
                 (Some(_), Some(_)) => "down",
                 (Some(s), None) if s.state != SessionState::LoggedIn => "down",
                 _ => "missing",
@@ -115,7 +126,12 @@ fn volume_status(volume: &Volume, observed: &Observed, result: Option<&VolumeRes
     };
 
     let (state, reason) = match result {
-        Some(r) if r.failed => ("failed", r.error.clone().or_else(|| r.verdict.reason().map(str::to_string))),
+        Some(r) if r.failed => (
+            "failed",
+            r.error
+                .clone()
+                .or_else(|| r.verdict.reason().map(str::to_string)),
+        ),
         Some(r) => {
             let reason = match (r.verdict.reason(), &r.error) {
                 (Some(why), Some(err)) => Some(format!("{why}; last error: {err}")),
@@ -126,7 +142,10 @@ fn volume_status(volume: &Volume, observed: &Observed, result: Option<&VolumeRes
         }
         None => ("pending", Some("not planned".to_string())),
     };
-    let device = if matches!(result.map(|r| &r.verdict), Some(Verdict::Ready | Verdict::Degraded(_))) {
+    let device = if matches!(
+        result.map(|r| &r.verdict),
+        Some(Verdict::Ready | Verdict::Degraded(_))
+    ) {
         device
     } else {
         None

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::act::sim::{SimHost, SimTarget};
-use crate::desired::{Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, TargetName, Volume, VolumeName, VolumeState};
+use crate::desired::{
+    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, TargetName, Volume, VolumeName,
+    VolumeState,
+};
 use crate::observe::Wwid;
 
 pub const TARGET_A: &str = "iqn.2026-11.test.lunkeeper:a";

@@ -22,14 +22,21 @@ impl Finished {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("cannot start {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{program} did not finish within {}s and was killed", after.as_secs_f32())]
     Timeout { program: String, after: Duration },
 }
 
 /// Runs `program args` with no stdin and captured output. Arguments must never carry secrets:
 /// any user can read them in /proc/PID/cmdline while the program runs.
-pub async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Finished, CommandError> {
+pub async fn run(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Finished, CommandError> {
     let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -65,9 +72,13 @@ mod tests {
 
     #[tokio::test]
     async fn exit_code_and_output_are_captured() {
-        let f = run("sh", &["-c", "echo out; echo err >&2; exit 7"], Duration::from_secs(5))
-            .await
-            .unwrap();
+        let f = run(
+            "sh",
+            &["-c", "echo out; echo err >&2; exit 7"],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(f.code, Some(7));
         assert_eq!(f.stdout, "out\n");
         assert_eq!(f.stderr, "err\n");
@@ -76,14 +87,18 @@ mod tests {
     #[tokio::test]
     async fn a_hung_program_is_killed_at_the_deadline() {
         let start = std::time::Instant::now();
-        let err = run("sleep", &["30"], Duration::from_millis(200)).await.unwrap_err();
+        let err = run("sleep", &["30"], Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
-        let err = run("/nonexistent/lunkeeper-test", &[], Duration::from_secs(1)).await.unwrap_err();
+        let err = run("/nonexistent/lunkeeper-test", &[], Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CommandError::Spawn { .. }));
     }
 }

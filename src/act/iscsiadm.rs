@@ -73,7 +73,12 @@ pub enum IscsiadmError {
 }
 
 fn detail(stderr: &str) -> String {
-    let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if line.is_empty() {
         String::new()
     } else {
@@ -109,7 +114,10 @@ impl Default for Iscsiadm {
     fn default() -> Self {
         Iscsiadm {
             program: "iscsiadm".to_string(),
-            node_dirs: vec![PathBuf::from("/etc/iscsi/nodes"), PathBuf::from("/var/lib/iscsi/nodes")],
+            node_dirs: vec![
+                PathBuf::from("/etc/iscsi/nodes"),
+                PathBuf::from("/var/lib/iscsi/nodes"),
+            ],
             timeout: Duration::from_secs(30),
         }
     }
@@ -127,7 +135,13 @@ fn node_args(key: &SessionKey) -> [String; 6] {
 }
 
 impl Iscsiadm {
-    async fn call(&self, op: &'static str, args: &[String], timeout: Duration, ok: &[Failure]) -> Result<Done, IscsiadmError> {
+    async fn call(
+        &self,
+        op: &'static str,
+        args: &[String],
+        timeout: Duration,
+        ok: &[Failure],
+    ) -> Result<Done, IscsiadmError> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let Finished { code, stderr, .. } = command::run(&self.program, &args, timeout).await?;
         match code {
@@ -156,11 +170,21 @@ impl Iscsiadm {
         }
         let mut args = node_args(key).to_vec();
         args.extend(["-o".into(), "new".into()]);
-        self.call("create node", &args, self.timeout, &[Failure::SessionExists]).await
+        self.call(
+            "create node",
+            &args,
+            self.timeout,
+            &[Failure::SessionExists],
+        )
+        .await
     }
 
     /// Sets `key = value` pairs on the node record in one call. Values must not be secrets.
-    pub async fn update_node(&self, key: &SessionKey, settings: &[(&str, String)]) -> Result<Done, IscsiadmError> {
+    pub async fn update_node(
+        &self,
+        key: &SessionKey,
+        settings: &[(&str, String)],
+    ) -> Result<Done, IscsiadmError> {
         let mut args = node_args(key).to_vec();
         args.extend(["-o".into(), "update".into()]);
         for (name, value) in settings {
@@ -172,25 +196,35 @@ impl Iscsiadm {
     pub async fn login(&self, key: &SessionKey, timeout: Duration) -> Result<Done, IscsiadmError> {
         let mut args = node_args(key).to_vec();
         args.push("--login".into());
-        self.call("login", &args, timeout, &[Failure::SessionExists]).await
+        self.call("login", &args, timeout, &[Failure::SessionExists])
+            .await
     }
 
     pub async fn logout(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
         let mut args = node_args(key).to_vec();
         args.push("--logout".into());
-        self.call("logout", &args, self.timeout, &[Failure::SessionNotFound, Failure::NoRecords])
-            .await
+        self.call(
+            "logout",
+            &args,
+            self.timeout,
+            &[Failure::SessionNotFound, Failure::NoRecords],
+        )
+        .await
     }
 
     pub async fn delete_node(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
         let mut args = node_args(key).to_vec();
         args.extend(["-o".into(), "delete".into()]);
-        self.call("delete node", &args, self.timeout, &[Failure::NoRecords]).await
+        self.call("delete node", &args, self.timeout, &[Failure::NoRecords])
+            .await
     }
 
     /// The record file for this target and portal, whatever its TPGT and interface.
     pub fn record_file(&self, key: &SessionKey) -> Option<PathBuf> {
-        let want = format!("{},{},", addr_text(key), key.portal.port());
+        // `<addr>,<port>,<tpgt>` (a directory, or a file in older layouts), or `<addr>,<port>`
+        // (a file) when the record was created without a TPGT, as `-o new` does.
+        let bare = format!("{},{}", addr_text(key), key.portal.port());
+        let with_tpgt = format!("{bare},");
         for dir in &self.node_dirs {
             let Ok(entries) = std::fs::read_dir(dir.join(&key.target)) else {
                 continue;
@@ -201,7 +235,7 @@ impl Iscsiadm {
                 let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
-                if !name.starts_with(&want) {
+                if name != bare && !name.starts_with(&with_tpgt) {
                     continue;
                 }
                 if entry.is_file() {
@@ -212,7 +246,11 @@ impl Iscsiadm {
                     return Some(default);
                 }
                 if let Ok(files) = std::fs::read_dir(&entry) {
-                    let mut files: Vec<_> = files.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+                    let mut files: Vec<_> = files
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_file())
+                        .collect();
                     files.sort();
                     if let Some(f) = files.into_iter().next() {
                         return Some(f);
@@ -230,7 +268,10 @@ fn addr_text(key: &SessionKey) -> String {
 
 /// Writes or removes secret keys in a node record file in place of `iscsiadm -o update -v`,
 /// which would put the secret in argv. The file is rewritten atomically with mode 0600.
-pub fn write_record_secrets(record: &Path, secrets: &[(&str, Option<&str>)]) -> std::io::Result<()> {
+pub fn write_record_secrets(
+    record: &Path,
+    secrets: &[(&str, Option<&str>)],
+) -> std::io::Result<()> {
     let text = std::fs::read_to_string(record)?;
     let mut out = String::with_capacity(text.len() + 128);
     for line in text.lines() {
@@ -255,10 +296,16 @@ pub fn read_secret(path: &Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;
     let secret = text.lines().next().unwrap_or("").to_string();
     if secret.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret file is empty"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the secret file is empty",
+        ));
     }
     if secret.contains(['\n', '\r', '\0']) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret holds a control character"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the secret holds a control character",
+        ));
     }
     Ok(secret)
 }
@@ -293,13 +340,27 @@ mod tests {
         std::fs::create_dir_all(t.join("::1,3260,1")).unwrap();
         std::fs::write(t.join("::1,3260,1/default"), "").unwrap();
         std::fs::write(t.join("127.0.0.2,3260,1"), "").unwrap();
+        std::fs::write(t.join("127.0.0.4,3260"), "").unwrap();
         let adm = Iscsiadm {
             node_dirs: vec![dir.path().join("absent"), dir.path().to_path_buf()],
             ..Iscsiadm::default()
         };
-        assert_eq!(adm.record_file(&key("127.0.0.1:3260")), Some(t.join("127.0.0.1,3260,-1/default")));
-        assert_eq!(adm.record_file(&key("[::1]:3260")), Some(t.join("::1,3260,1/default")));
-        assert_eq!(adm.record_file(&key("127.0.0.2:3260")), Some(t.join("127.0.0.2,3260,1")));
+        assert_eq!(
+            adm.record_file(&key("127.0.0.1:3260")),
+            Some(t.join("127.0.0.1,3260,-1/default"))
+        );
+        assert_eq!(
+            adm.record_file(&key("[::1]:3260")),
+            Some(t.join("::1,3260,1/default"))
+        );
+        assert_eq!(
+            adm.record_file(&key("127.0.0.2:3260")),
+            Some(t.join("127.0.0.2,3260,1"))
+        );
+        assert_eq!(
+            adm.record_file(&key("127.0.0.4:3260")),
+            Some(t.join("127.0.0.4,3260"))
+        );
         assert_eq!(adm.record_file(&key("127.0.0.3:3260")), None);
         // 127.0.0.1:326 must not match the record for port 3260.
         assert_eq!(adm.record_file(&key("127.0.0.1:326")), None);
@@ -314,11 +375,21 @@ mod tests {
             "node.name = iqn\nnode.session.auth.password = old\nnode.session.auth.username = u\nnode.session.auth.password_in = oldin\n",
         )
         .unwrap();
-        write_record_secrets(&f, &[("node.session.auth.password", Some("s3cret")), ("node.session.auth.password_in", None)]).unwrap();
+        write_record_secrets(
+            &f,
+            &[
+                ("node.session.auth.password", Some("s3cret")),
+                ("node.session.auth.password_in", None),
+            ],
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&f).unwrap();
         assert_eq!(text, "node.name = iqn\nnode.session.auth.username = u\nnode.session.auth.password = s3cret\n");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -37,11 +37,17 @@ pub enum ActError {
     #[error(transparent)]
     Sysfs(#[from] sysfs::SysfsError),
     #[error("CHAP secret file {path}: {source}")]
-    Secret { path: std::path::PathBuf, source: std::io::Error },
+    Secret {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("node record for {session} not found after creating it")]
     NoRecord { session: String },
     #[error("writing the node record {path}: {source}")]
-    Record { path: std::path::PathBuf, source: std::io::Error },
+    Record {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ActError {

@@ -9,7 +9,12 @@ use crate::observe::Wwid;
 #[derive(Debug, thiserror::Error)]
 pub enum MultipathError {
     #[error("multipath {flag} {wwid} failed (exit {code:?}): {stderr}")]
-    Failed { flag: &'static str, wwid: Wwid, code: Option<i32>, stderr: String },
+    Failed {
+        flag: &'static str,
+        wwid: Wwid,
+        code: Option<i32>,
+        stderr: String,
+    },
     #[error(transparent)]
     Command(#[from] CommandError),
 }

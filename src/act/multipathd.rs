@@ -31,11 +31,17 @@ pub enum Socket {
 #[derive(Debug, thiserror::Error)]
 pub enum MultipathdError {
     #[error("cannot reach multipathd at {socket}: {source}")]
-    Connect { socket: String, source: std::io::Error },
+    Connect {
+        socket: String,
+        source: std::io::Error,
+    },
     #[error("multipathd did not answer {command:?} within {}s", after.as_secs_f32())]
     Timeout { command: String, after: Duration },
     #[error("talking to multipathd about {command:?}: {source}")]
-    Io { command: String, source: std::io::Error },
+    Io {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("multipathd command too long ({len} bytes, at most {MAX_COMMAND})")]
     TooLong { len: usize },
     #[error("multipathd sent a malformed reply to {command:?}")]
@@ -119,7 +125,8 @@ impl Multipathd {
         };
         let std_stream = match &self.socket {
             Socket::Abstract(name) => {
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .map_err(err)?;
                 std::os::unix::net::UnixStream::connect_addr(&addr).map_err(err)?
             }
             Socket::Path(p) => std::os::unix::net::UnixStream::connect(p).map_err(err)?,
@@ -157,7 +164,10 @@ mod tests {
     use tokio::net::UnixListener;
 
     /// A stand-in multipathd that answers each command from a table, speaking the real framing.
-    async fn fake_server(path: PathBuf, answers: Vec<(&'static str, &'static str)>) -> tokio::task::JoinHandle<Vec<String>> {
+    async fn fake_server(
+        path: PathBuf,
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -169,7 +179,11 @@ mod tests {
                 s.read_exact(&mut cmd).await.unwrap();
                 assert_eq!(cmd.pop(), Some(0), "command must be NUL-terminated");
                 let cmd = String::from_utf8(cmd).unwrap();
-                let answer = answers.iter().find(|(c, _)| *c == cmd).map(|(_, a)| *a).unwrap_or("fail\n");
+                let answer = answers
+                    .iter()
+                    .find(|(c, _)| *c == cmd)
+                    .map(|(_, a)| *a)
+                    .unwrap_or("fail\n");
                 let mut out = (answer.len() + 1).to_ne_bytes().to_vec();
                 out.extend_from_slice(answer.as_bytes());
                 out.push(0);
@@ -184,9 +198,19 @@ mod tests {
     async fn speaks_the_framing_and_parses_replies() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mpd.sock");
-        let server = fake_server(path.clone(), vec![("add map 3600", "ok\n"), ("del map 3600", "fail\nmap or partition in use\n")]).await;
+        let server = fake_server(
+            path.clone(),
+            vec![
+                ("add map 3600", "ok\n"),
+                ("del map 3600", "fail\nmap or partition in use\n"),
+            ],
+        )
+        .await;
         let client = Multipathd::new(Socket::Path(path), Duration::from_secs(2));
-        assert_eq!(Reply::parse(&client.command("add map 3600").await.unwrap()), Reply::Ok);
+        assert_eq!(
+            Reply::parse(&client.command("add map 3600").await.unwrap()),
+            Reply::Ok
+        );
         assert_eq!(
             Reply::parse(&client.command("del map 3600").await.unwrap()),
             Reply::Fail("map or partition in use".into())
@@ -206,14 +230,23 @@ mod tests {
 
     #[tokio::test]
     async fn no_daemon_is_a_connect_error() {
-        let client = Multipathd::new(Socket::Abstract("lunkeeper-test-nobody-listens".into()), Duration::from_secs(1));
-        assert!(matches!(client.command("show maps").await, Err(MultipathdError::Connect { .. })));
+        let client = Multipathd::new(
+            Socket::Abstract("lunkeeper-test-nobody-listens".into()),
+            Duration::from_secs(1),
+        );
+        assert!(matches!(
+            client.command("show maps").await,
+            Err(MultipathdError::Connect { .. })
+        ));
     }
 
     #[tokio::test]
     async fn overlong_command_is_refused_before_sending() {
         let client = Multipathd::default();
         let long = "x".repeat(600);
-        assert!(matches!(client.command(&long).await, Err(MultipathdError::TooLong { .. })));
+        assert!(matches!(
+            client.command(&long).await,
+            Err(MultipathdError::TooLong { .. })
+        ));
     }
 }

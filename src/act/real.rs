@@ -75,7 +75,12 @@ impl RealHost {
         }
     }
 
-    async fn ensure_node(&self, key: &SessionKey, settings: &NodeSettings, login_timeout: u32) -> Result<Outcome, ActError> {
+    async fn ensure_node(
+        &self,
+        key: &SessionKey,
+        settings: &NodeSettings,
+        login_timeout: u32,
+    ) -> Result<Outcome, ActError> {
         let adm = &self.config.iscsiadm;
         let created = adm.create_node(key).await?;
         let mut values: Vec<(&str, String)> = vec![
@@ -83,8 +88,14 @@ impl RealHost {
             // come back at boot behind lunkeeper's back.
             ("node.session.scan", "manual".into()),
             ("node.startup", "manual".into()),
-            ("node.session.timeo.replacement_timeout", settings.replacement_timeout.to_string()),
-            ("node.conn[0].timeo.login_timeout", login_timeout.to_string()),
+            (
+                "node.session.timeo.replacement_timeout",
+                settings.replacement_timeout.to_string(),
+            ),
+            (
+                "node.conn[0].timeo.login_timeout",
+                login_timeout.to_string(),
+            ),
             ("node.session.initial_login_retry_max", "1".into()),
         ];
         match &settings.chap {
@@ -121,9 +132,13 @@ impl RealHost {
             ),
             None => (None, None),
         };
-        let record = self.config.iscsiadm.record_file(key).ok_or_else(|| ActError::NoRecord {
-            session: key.to_string(),
-        })?;
+        let record = self
+            .config
+            .iscsiadm
+            .record_file(key)
+            .ok_or_else(|| ActError::NoRecord {
+                session: key.to_string(),
+            })?;
         iscsiadm::write_record_secrets(
             &record,
             &[
@@ -131,7 +146,10 @@ impl RealHost {
                 ("node.session.auth.password_in", password_in.as_deref()),
             ],
         )
-        .map_err(|source| ActError::Record { path: record, source })
+        .map_err(|source| ActError::Record {
+            path: record,
+            source,
+        })
     }
 
     async fn multipathd(&self, command: String) -> Result<Outcome, ActError> {
@@ -143,7 +161,10 @@ impl RealHost {
                 reason: format!("multipathd: {detail}"),
             }
             .into()),
-            Reply::Fail(detail) | Reply::Other(detail) => Err(ActError::MultipathdRefused { command, reply: detail }),
+            Reply::Fail(detail) | Reply::Other(detail) => Err(ActError::MultipathdRefused {
+                command,
+                reply: detail,
+            }),
         }
     }
 
@@ -151,7 +172,11 @@ impl RealHost {
         self.config.root.join("dev/mapper").join(name).exists()
     }
 
-    async fn delete_device(&self, hctl: &crate::observe::Hctl, disk: Option<&str>) -> Result<Outcome, ActError> {
+    async fn delete_device(
+        &self,
+        hctl: &crate::observe::Hctl,
+        disk: Option<&str>,
+    ) -> Result<Outcome, ActError> {
         let root = &self.config.root;
         // Held for the duration of the delete so nobody mounts the disk in between.
         let _guard = match disk {
@@ -160,7 +185,11 @@ impl RealHost {
         };
         let path = root.join(format!("sys/class/scsi_device/{hctl}/device/delete"));
         let wrote = sysfs::write_attr(path, "1".into(), self.config.delete_timeout).await?;
-        Ok(if wrote { Outcome::Changed } else { Outcome::AlreadySo })
+        Ok(if wrote {
+            Outcome::Changed
+        } else {
+            Outcome::AlreadySo
+        })
     }
 }
 
@@ -189,8 +218,14 @@ impl Host for RealHost {
                 session,
                 settings,
                 login_timeout_secs,
-            } => self.ensure_node(session, settings, *login_timeout_secs).await,
-            Action::Login { session, timeout_secs } => {
+            } => {
+                self.ensure_node(session, settings, *login_timeout_secs)
+                    .await
+            }
+            Action::Login {
+                session,
+                timeout_secs,
+            } => {
                 // iscsiadm's own retries are bounded by the node settings; the margin lets it
                 // report its own error before the deadline cuts it off.
                 let deadline = Duration::from_secs(u64::from(*timeout_secs) + 5);
@@ -200,7 +235,11 @@ impl Host for RealHost {
                 let path = c.root.join(format!("sys/class/scsi_host/host{host}/scan"));
                 // Channel 0, any target id (iscsi_tcp has one), exactly this LUN.
                 let wrote = sysfs::write_attr(path, format!("0 - {lun}"), c.scan_timeout).await?;
-                Ok(if wrote { Outcome::Changed } else { Outcome::AlreadySo })
+                Ok(if wrote {
+                    Outcome::Changed
+                } else {
+                    Outcome::AlreadySo
+                })
             }
             Action::RegisterWwid { wwid } => {
                 c.multipath.add_wwid(wwid).await?;
@@ -213,9 +252,13 @@ impl Host for RealHost {
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
             Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,
-            Action::DisableQueueing { map } => self.multipathd(format!("disablequeueing map {map}")).await,
+            Action::DisableQueueing { map } => {
+                self.multipathd(format!("disablequeueing map {map}")).await
+            }
             Action::FlushMap { map } => match self.multipathd(format!("del map {map}")).await {
-                Err(ActError::MultipathdRefused { .. }) if !self.map_exists(map) => Ok(Outcome::AlreadySo),
+                Err(ActError::MultipathdRefused { .. }) if !self.map_exists(map) => {
+                    Ok(Outcome::AlreadySo)
+                }
                 other => other,
             },
             Action::DeleteDevice { hctl, disk } => self.delete_device(hctl, disk.as_deref()).await,

@@ -11,7 +11,9 @@ use super::iscsiadm::{Failure, IscsiadmError};
 use super::sysfs::SysfsError;
 use super::{ActError, Host, ObserveFailure, Outcome};
 use crate::desired::Desired;
-use crate::observe::{BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid};
+use crate::observe::{
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid,
+};
 use crate::plan::Action;
 
 /// A target the simulated network offers.
@@ -32,6 +34,10 @@ pub struct SimWorld {
     pub node_users: BTreeMap<(String, SocketAddr), Option<String>>,
     /// Every action executed, in order.
     pub log: Vec<Action>,
+    /// Like multipathd with a map udev has not finished with: `add path` is accepted at once
+    /// but lands only after this many more observations.
+    pub add_path_lag: u32,
+    deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
     next_disk: u32,
@@ -140,7 +146,12 @@ impl SimWorld {
         };
         self.next_disk += 1;
         let registered = self.observed.registered_wwids.contains(&wwid);
-        let Some(session) = self.observed.sessions.iter_mut().find(|s| s.host == Some(host)) else {
+        let Some(session) = self
+            .observed
+            .sessions
+            .iter_mut()
+            .find(|s| s.host == Some(host))
+        else {
             return;
         };
         if session.devices.iter().any(|d| d.hctl.lun == lun) {
@@ -180,7 +191,11 @@ impl SimWorld {
             .observed
             .maps
             .iter()
-            .flat_map(|m| m.slaves.iter().map(move |s| (s.clone(), m.dev.name.clone())))
+            .flat_map(|m| {
+                m.slaves
+                    .iter()
+                    .map(move |s| (s.clone(), m.dev.name.clone()))
+            })
             .collect();
         for s in self.observed.sessions.iter_mut() {
             for d in s.devices.iter_mut() {
@@ -201,18 +216,30 @@ impl SimWorld {
     fn apply(&mut self, action: &Action) -> Result<Outcome, ActError> {
         match action {
             a if a.is_bookkeeping() => Ok(Outcome::Changed),
-            Action::EnsureNode { session, settings, .. } => {
+            Action::EnsureNode {
+                session, settings, ..
+            } => {
                 let k = (session.target.clone(), session.portal);
                 self.node_users
                     .insert(k, settings.chap.as_ref().map(|c| c.username.clone()));
-                if self.observed.node_records.iter().any(|n| n.target == session.target && n.portal == session.portal) {
+                if self
+                    .observed
+                    .node_records
+                    .iter()
+                    .any(|n| n.target == session.target && n.portal == session.portal)
+                {
                     return Ok(Outcome::AlreadySo);
                 }
                 self.observed.node_records.push(NodeRecord {
                     target: session.target.clone(),
                     portal: session.portal,
                     tpgt: -1,
-                    path: PathBuf::from(format!("/etc/iscsi/nodes/{}/{},{},-1/default", session.target, session.portal.ip(), session.portal.port())),
+                    path: PathBuf::from(format!(
+                        "/etc/iscsi/nodes/{}/{},{},-1/default",
+                        session.target,
+                        session.portal.ip(),
+                        session.portal.port()
+                    )),
                 });
                 Ok(Outcome::Changed)
             }
@@ -220,7 +247,11 @@ impl SimWorld {
                 if self.session_mut(&session.target, session.portal).is_some() {
                     return Ok(Outcome::AlreadySo);
                 }
-                let Some(user) = self.node_users.get(&(session.target.clone(), session.portal)).cloned() else {
+                let Some(user) = self
+                    .node_users
+                    .get(&(session.target.clone(), session.portal))
+                    .cloned()
+                else {
                     return Err(iscsi_failure("login", 21));
                 };
                 let Some(target) = self.targets.get(&session.target) else {
@@ -239,11 +270,13 @@ impl SimWorld {
                 self.scan(*host, u64::from(lun.0));
                 Ok(Outcome::Changed)
             }
-            Action::RegisterWwid { wwid } => Ok(if self.observed.registered_wwids.insert(wwid.clone()) {
-                Outcome::Changed
-            } else {
-                Outcome::AlreadySo
-            }),
+            Action::RegisterWwid { wwid } => {
+                Ok(if self.observed.registered_wwids.insert(wwid.clone()) {
+                    Outcome::Changed
+                } else {
+                    Outcome::AlreadySo
+                })
+            }
             Action::UnregisterWwid { wwid } => Ok(if self.observed.registered_wwids.remove(wwid) {
                 Outcome::Changed
             } else {
@@ -265,10 +298,20 @@ impl SimWorld {
                 self.observed.maps.push(Map {
                     name: wwid.to_string(),
                     wwid: wwid.clone(),
-                    dev: blockdev(format!("dm-{n}"), DevNum { major: 253, minor: n }),
+                    dev: blockdev(
+                        format!("dm-{n}"),
+                        DevNum {
+                            major: 253,
+                            minor: n,
+                        },
+                    ),
                     slaves,
                     suspended: false,
                 });
+                Ok(Outcome::Changed)
+            }
+            Action::AddPath { disk } if self.add_path_lag > 0 => {
+                self.deferred_paths.push((disk.clone(), self.add_path_lag));
                 Ok(Outcome::Changed)
             }
             Action::AddPath { disk } => {
@@ -279,7 +322,12 @@ impl SimWorld {
                     .flat_map(|s| s.devices.iter())
                     .find(|d| d.disk.as_ref().is_some_and(|k| &k.name == disk))
                     .and_then(|d| d.wwid.clone());
-                match self.observed.maps.iter_mut().find(|m| Some(&m.wwid) == wwid.as_ref()) {
+                match self
+                    .observed
+                    .maps
+                    .iter_mut()
+                    .find(|m| Some(&m.wwid) == wwid.as_ref())
+                {
                     Some(m) if !m.slaves.contains(disk) => {
                         m.slaves.push(disk.clone());
                         Ok(Outcome::Changed)
@@ -344,7 +392,11 @@ impl SimWorld {
                     .sessions
                     .iter()
                     .filter(|s| s.target == session.target && s.portal == Some(session.portal))
-                    .flat_map(|s| s.devices.iter().filter_map(|d| d.disk.as_ref().map(|k| k.name.clone())))
+                    .flat_map(|s| {
+                        s.devices
+                            .iter()
+                            .filter_map(|d| d.disk.as_ref().map(|k| k.name.clone()))
+                    })
                     .collect();
                 self.observed
                     .sessions
@@ -365,7 +417,8 @@ impl SimWorld {
                 self.observed
                     .node_records
                     .retain(|n| !(n.target == session.target && n.portal == session.portal));
-                self.node_users.remove(&(session.target.clone(), session.portal));
+                self.node_users
+                    .remove(&(session.target.clone(), session.portal));
                 Ok(if before == self.observed.node_records.len() {
                     Outcome::AlreadySo
                 } else {
@@ -383,7 +436,23 @@ impl SimWorld {
 
 impl Host for SimHost {
     async fn observe(&self, _desired: &Desired) -> Result<Observed, ObserveFailure> {
-        Ok(self.snapshot())
+        let mut world = self.lock();
+        let due: Vec<String> = world
+            .deferred_paths
+            .iter_mut()
+            .filter_map(|(disk, left)| {
+                *left = left.saturating_sub(1);
+                (*left == 0).then(|| disk.clone())
+            })
+            .collect();
+        world.deferred_paths.retain(|(_, left)| *left > 0);
+        let lag = std::mem::replace(&mut world.add_path_lag, 0);
+        for disk in due {
+            let _ = world.apply(&Action::AddPath { disk });
+        }
+        world.add_path_lag = lag;
+        world.set_holders();
+        Ok(world.observed.clone())
     }
 
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {

@@ -9,16 +9,28 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
     #[error("writing {value:?} to {path}: {source}")]
-    Write { path: PathBuf, value: String, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
     #[error("writing {value:?} to {path} did not return within {}s (the kernel is still waiting on the device)", after.as_secs_f32())]
-    Timeout { path: PathBuf, value: String, after: Duration },
+    Timeout {
+        path: PathBuf,
+        value: String,
+        after: Duration,
+    },
     #[error("{device} is in use ({reason}); not deleting it")]
     InUse { device: String, reason: String },
 }
 
 /// Writes `value` to a sysfs attribute. Returns Ok(false) if the attribute does not exist
 /// (the device is already gone).
-pub async fn write_attr(path: PathBuf, value: String, timeout: Duration) -> Result<bool, SysfsError> {
+pub async fn write_attr(
+    path: PathBuf,
+    value: String,
+    timeout: Duration,
+) -> Result<bool, SysfsError> {
     let (p, v) = (path.clone(), value.clone());
     let task = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
         let mut f = match std::fs::OpenOptions::new().write(true).open(&p) {
@@ -30,7 +42,11 @@ pub async fn write_attr(path: PathBuf, value: String, timeout: Duration) -> Resu
         Ok(true)
     });
     match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(r)) => r.map_err(|source| SysfsError::Write { path, value, source }),
+        Ok(Ok(r)) => r.map_err(|source| SysfsError::Write {
+            path,
+            value,
+            source,
+        }),
         Ok(Err(join)) => Err(SysfsError::Write {
             path,
             value,
@@ -79,7 +95,12 @@ mod tests {
     #[tokio::test]
     async fn a_missing_attribute_means_already_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let r = write_attr(dir.path().join("nope/delete"), "1".into(), Duration::from_secs(1)).await;
+        let r = write_attr(
+            dir.path().join("nope/delete"),
+            "1".into(),
+            Duration::from_secs(1),
+        )
+        .await;
         assert!(!r.unwrap());
     }
 
@@ -88,7 +109,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("scan");
         std::fs::write(&p, "").unwrap();
-        assert!(write_attr(p.clone(), "0 - 300".into(), Duration::from_secs(1)).await.unwrap());
+        assert!(
+            write_attr(p.clone(), "0 - 300".into(), Duration::from_secs(1))
+                .await
+                .unwrap()
+        );
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "0 - 300");
     }
 

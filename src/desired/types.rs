@@ -104,7 +104,8 @@ impl Lun {
     /// REPORT LUNS in flat space addressing as 0x4000 | LUN (LUN 256 → 16640), while a targeted
     /// scan shows it plainly; both are the same logical unit.
     pub fn matches(self, observed_l: u64) -> bool {
-        observed_l == u64::from(self.0) || (self.0 >= 256 && observed_l == 0x4000 | u64::from(self.0))
+        observed_l == u64::from(self.0)
+            || (self.0 >= 256 && observed_l == 0x4000 | u64::from(self.0))
     }
 }
 

@@ -1,7 +1,9 @@
 //! A fake host for tests and benchmarks: writes `sys/`, `dev/`, `etc/`, `var/` and `proc/`
 //! below a directory, laid out as Debian 12 (kernel 6.1, open-iscsi 2.1.8, multipath-tools 0.9.4)
 //! lays them out for iscsi_tcp sessions, with the kernel's relative symlinks, so that
-//! [`observe`](super::observe) can be pointed at it.
+//! [`observe`](super::observe) can be pointed at it. Link targets, attribute values and the
+//! node record layout match what the VM smoke test captured (`tests/vm/smoke.sh`,
+//! `capture_sysfs`); the `matches_the_vm_capture` test below holds them to it.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
@@ -24,13 +26,17 @@
 //! - `.../sessionN/targetH:0:0/H:0:0:L/` (state, wwid, ...) linked from
 //!   `sys/class/scsi_device/H:0:0:L` (through its `scsi_device/H:0:0:L` class directory);
 //! - `.../H:0:0:L/block/sdX/` (dev, size, holders/, slaves/, partitions) linked from
-//!   `sys/block/sdX` and `sys/class/block/sdX`;
+//!   `sys/block/sdX`, `sys/class/block/sdX` and `sys/dev/block/<maj>:<min>` (partitions from
+//!   the last two only, as in the kernel);
 //! - `sys/devices/virtual/block/dm-N/` (dm/{name,uuid,suspended}, slaves/, holders/) linked
 //!   from `sys/block/dm-N`; slave and holder links point both ways as the kernel's do;
-//! - `dev/<name>` for every block device (empty regular files), `dev/mapper/<name> -> ../dm-N`.
+//! - `dev/<name>` for every block device (empty regular files), `dev/mapper/<name> -> ../dm-N`
+//!   beside `dev/mapper/control`;
+//! - `etc/iscsi/nodes/<target>/<addr>,<port>,<tpgt>/default`, or the plain file
+//!   `<addr>,<port>` that iscsiadm 2.1.8 writes for a record made without a TPGT.
 //!
 //! Device numbers are synthetic: the k-th disk (from 0) is `8:16k`, its partition n is
-//! `8:16k+n`, `dm-N` is `253:N`. Sizes are 131072 sectors (64 MiB, what the VM recipe's LUNs
+//! `8:16k+n`, `dm-N` is `254:N` (dm's major in the VM). Sizes are 131072 sectors (64 MiB, what the VM recipe's LUNs
 //! have) unless changed with [`FixtureTree::set_size`].
 //!
 //! Every method returns `io::Result` so that this module needs no panics; tests use `?`.
@@ -70,11 +76,14 @@ struct BlockInfo {
 
 impl FixtureTree {
     /// Creates the skeleton every Linux host with iscsi_tcp and dm-multipath loaded has: the
-    /// class directories, `sys/block`, `dev/mapper` and a `proc/self/mountinfo` holding the
-    /// root file system, `/sys` and `/proc`.
+    /// class directories, `sys/block`, `sys/dev/block`, `dev/mapper` and a
+    /// `proc/self/mountinfo` holding `/sys`, `/proc` and the root file system, on `259:1`, a
+    /// number no device of the fixture gets.
     pub fn new(root: &Path) -> io::Result<FixtureTree> {
         for dir in [
             "sys/block",
+            "sys/dev/block",
+            "sys/dev/char",
             "sys/class/block",
             "sys/class/iscsi_session",
             "sys/class/iscsi_connection",
@@ -89,17 +98,18 @@ impl FixtureTree {
         ] {
             fs::create_dir_all(root.join(dir))?;
         }
+        fs::write(root.join("dev/mapper/control"), "")?;
         fs::write(
             root.join("proc/self/mountinfo"),
-            "26 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro\n\
+            "26 1 259:1 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p1 rw,errors=remount-ro\n\
              21 26 0:20 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n\
              22 26 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n",
         )?;
         Ok(FixtureTree {
             root: root.to_path_buf(),
             hosts: BTreeMap::new(),
-            // host0..host2 are the VM's own ata/virtio hosts.
-            next_host: 3,
+            // host0..host5 are the VM's own ata hosts.
+            next_host: 6,
             blocks: BTreeMap::new(),
             next_disk: 0,
             next_mount_id: 100,
@@ -110,7 +120,7 @@ impl FixtureTree {
         &self.root
     }
 
-    /// A session on a new SCSI host (numbers from 3 up); returns the host number.
+    /// A session on a new SCSI host (numbers from 6 up); returns the host number.
     /// `tpgt` is written as 1.
     pub fn session(
         &mut self,
@@ -140,13 +150,14 @@ impl FixtureTree {
             ));
         }
         self.hosts.insert(id, host);
-        self.next_host = self.next_host.max(host + 1);
+        self.next_host = self.next_host.max(host.saturating_add(1));
 
         let host_dir = PathBuf::from(format!("sys/devices/platform/host{host}"));
         for (class, sub) in [("scsi_host", "scsi_host"), ("iscsi_host", "iscsi_host")] {
             let dir = host_dir.join(sub).join(format!("host{host}"));
             if !self.root.join(&dir).exists() {
                 self.mkdir(&dir)?;
+                self.link_at(&dir.join("device"), &host_dir)?;
                 self.link(&format!("sys/class/{class}/host{host}"), &dir)?;
             }
         }
@@ -184,7 +195,10 @@ impl FixtureTree {
             self.attr(&conn.join(name), value)?;
         }
         self.link_at(&conn.join("device"), &conn_dev)?;
-        self.link(&format!("sys/class/iscsi_connection/connection{id}:0"), &conn)?;
+        self.link(
+            &format!("sys/class/iscsi_connection/connection{id}:0"),
+            &conn,
+        )?;
         Ok(())
     }
 
@@ -249,10 +263,15 @@ impl FixtureTree {
             self.mkdir(&scsi_disk)?;
             self.link(&format!("sys/class/scsi_disk/{hctl}"), &scsi_disk)?;
 
-            let k = self.next_disk;
+            // Like the kernel's 20-bit minor numbers, this runs out at 65536 disks.
+            let minor = self
+                .next_disk
+                .checked_mul(16)
+                .filter(|m| *m < 1 << 20)
+                .ok_or_else(|| invalid("the fixture has no disk numbers left".to_string()))?;
             self.next_disk += 1;
             let dir = dev.join("block").join(name);
-            self.block_dir(name, &dir, 8, 16 * k, DEFAULT_SIZE)?;
+            self.block_dir(name, &dir, 8, minor, DEFAULT_SIZE, true)?;
             self.link_at(&dir.join("device"), &dev)?;
             self.link(&format!("sys/block/{name}"), &dir)?;
         }
@@ -272,14 +291,17 @@ impl FixtureTree {
         Some(self.root.join(&self.blocks.get(name)?.dir))
     }
 
-    /// Partition `part` (e.g. `sda1`; its number is the trailing digits) of a disk.
+    /// Partition `part` of a disk: `sda1`, or `<disk>p1` when the disk name ends in a digit.
+    /// Its number (the trailing digits, 1 to 15: the minors sd reserves per disk) makes its
+    /// device number.
     pub fn partition(&mut self, disk: &str, part: &str) -> io::Result<()> {
         let parent = self.block(disk)?.clone();
         let stem = part.trim_end_matches(|c: char| c.is_ascii_digit());
         let number: u32 = part
             .strip_prefix(stem)
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| invalid(format!("{part}: a partition name ends in its number")))?;
+            .filter(|n| (1..16).contains(n))
+            .ok_or_else(|| invalid(format!("{part}: a partition name ends in 1 to 15")))?;
         let dir = parent.dir.join(part);
         self.block_dir(
             part,
@@ -287,6 +309,7 @@ impl FixtureTree {
             parent.major,
             parent.minor + number,
             parent.size / 2,
+            false,
         )?;
         self.attr(&dir.join("partition"), &number.to_string())?;
         self.attr(&dir.join("start"), "2048")?;
@@ -301,7 +324,13 @@ impl FixtureTree {
 
     /// Any device-mapper device: a kpartx partition (`part1-mpath-<wwid>` over `dm-0`), an LVM
     /// volume (`LVM-…`), ... `slaves` may name disks, partitions or other dm devices.
-    pub fn dm_device(&mut self, dm: &str, name: &str, uuid: &str, slaves: &[&str]) -> io::Result<()> {
+    pub fn dm_device(
+        &mut self,
+        dm: &str,
+        name: &str,
+        uuid: &str,
+        slaves: &[&str],
+    ) -> io::Result<()> {
         let minor: u32 = dm
             .strip_prefix("dm-")
             .and_then(|n| n.parse().ok())
@@ -311,7 +340,7 @@ impl FixtureTree {
             None => DEFAULT_SIZE,
         };
         let dir = PathBuf::from("sys/devices/virtual/block").join(dm);
-        self.block_dir(dm, &dir, 253, minor, size)?;
+        self.block_dir(dm, &dir, 254, minor, size, true)?;
         self.attr(&dir.join("dm/name"), name)?;
         self.attr(&dir.join("dm/uuid"), uuid)?;
         self.attr(&dir.join("dm/suspended"), "0")?;
@@ -322,7 +351,10 @@ impl FixtureTree {
             self.link_at(&dir.join("slaves").join(slave), &slave_dir)?;
             self.link_at(&slave_dir.join("holders").join(dm), &dir)?;
         }
-        self.link_at(Path::new("dev/mapper").join(name).as_path(), Path::new(&format!("dev/{dm}")))?;
+        self.link_at(
+            Path::new("dev/mapper").join(name).as_path(),
+            Path::new(&format!("dev/{dm}")),
+        )?;
         Ok(())
     }
 
@@ -340,7 +372,7 @@ impl FixtureTree {
     /// Adds a mountinfo line for a file system on `devnum` (`"8:1"`).
     pub fn mount(&mut self, devnum: &str) -> io::Result<()> {
         let id = self.next_mount_id;
-        self.next_mount_id += 1;
+        self.next_mount_id = self.next_mount_id.saturating_add(1);
         let source = self
             .blocks
             .iter()
@@ -356,14 +388,31 @@ impl FixtureTree {
         )
     }
 
-    /// A node record as `iscsiadm -m node -o new` writes it on Debian:
-    /// `etc/iscsi/nodes/<target>/<addr>,<port>,<tpgt>/default`. Returns the record's path.
-    pub fn node_record(&mut self, target: &str, portal: SocketAddr, tpgt: i32) -> io::Result<PathBuf> {
-        self.node_record_in("etc/iscsi/nodes", target, portal, tpgt, "default")
+    /// A node record as iscsiadm 2.1.8 writes it on Debian: with a TPGT (`-p ADDR:PORT,TPGT`,
+    /// or from discovery) `etc/iscsi/nodes/<target>/<addr>,<port>,<tpgt>/default`; without
+    /// one (`tpgt` < 0) the plain file `etc/iscsi/nodes/<target>/<addr>,<port>`, as the VM
+    /// showed. Returns the record's path.
+    pub fn node_record(
+        &mut self,
+        target: &str,
+        portal: SocketAddr,
+        tpgt: i32,
+    ) -> io::Result<PathBuf> {
+        if tpgt >= 0 {
+            return self.node_record_in("etc/iscsi/nodes", target, portal, tpgt, "default");
+        }
+        let dir = Path::new("etc/iscsi/nodes").join(target);
+        let path = dir.join(format!("{},{}", portal.ip(), portal.port()));
+        self.mkdir(&dir)?;
+        fs::write(
+            self.root.join(&path),
+            record_text(target, portal, tpgt, "default"),
+        )?;
+        Ok(self.root.join(path))
     }
 
-    /// A node record below any nodes directory (`var/lib/iscsi/nodes` is upstream's), for any
-    /// iface.
+    /// A node record in the directory layout below any nodes directory (`var/lib/iscsi/nodes`
+    /// is upstream's), for any iface and any TPGT, -1 included.
     pub fn node_record_in(
         &mut self,
         nodes_dir: &str,
@@ -379,17 +428,10 @@ impl FixtureTree {
         ));
         let path = dir.join(iface);
         self.mkdir(&dir)?;
-        fs::write(self.root.join(&path), record_text(target, portal, tpgt, iface))?;
-        Ok(self.root.join(path))
-    }
-
-    /// A record in the layout of open-iscsi before svn r780: a plain file
-    /// `etc/iscsi/nodes/<target>/<addr>,<port>` (no TPGT, no iface).
-    pub fn legacy_node_record(&mut self, target: &str, portal: SocketAddr) -> io::Result<PathBuf> {
-        let dir = Path::new("etc/iscsi/nodes").join(target);
-        let path = dir.join(format!("{},{}", portal.ip(), portal.port()));
-        self.mkdir(&dir)?;
-        fs::write(self.root.join(&path), record_text(target, portal, -1, "default"))?;
+        fs::write(
+            self.root.join(&path),
+            record_text(target, portal, tpgt, iface),
+        )?;
         Ok(self.root.join(path))
     }
 
@@ -410,23 +452,35 @@ impl FixtureTree {
             .ok_or_else(|| invalid(format!("{name} is not in the fixture")))
     }
 
-    /// The parts every block device directory has, plus its `/dev` node and class link.
-    fn block_dir(&mut self, name: &str, dir: &Path, major: u32, minor: u32, size: u64) -> io::Result<()> {
+    /// The parts every block device directory has (a partition has no `slaves/` or
+    /// `queue/`), plus its `/dev` node and its links in `sys/class/block` and `sys/dev/block`.
+    fn block_dir(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        major: u32,
+        minor: u32,
+        size: u64,
+        whole_disk: bool,
+    ) -> io::Result<()> {
         if self.blocks.contains_key(name) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{name} exists in the fixture"),
             ));
         }
-        for sub in ["holders", "slaves", "power", "queue"] {
-            self.mkdir(&dir.join(sub))?;
+        self.mkdir(&dir.join("holders"))?;
+        self.mkdir(&dir.join("power"))?;
+        if whole_disk {
+            self.mkdir(&dir.join("slaves"))?;
+            self.attr(&dir.join("queue/logical_block_size"), "512")?;
+            self.attr(&dir.join("removable"), "0")?;
         }
         self.attr(&dir.join("dev"), &format!("{major}:{minor}"))?;
         self.attr(&dir.join("size"), &size.to_string())?;
         self.attr(&dir.join("ro"), "0")?;
-        self.attr(&dir.join("removable"), "0")?;
-        self.attr(&dir.join("queue/logical_block_size"), "512")?;
         self.link(&format!("sys/class/block/{name}"), dir)?;
+        self.link(&format!("sys/dev/block/{major}:{minor}"), dir)?;
         fs::write(self.root.join("dev").join(name), "")?;
         self.blocks.insert(
             name.to_string(),
@@ -464,7 +518,10 @@ impl FixtureTree {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        symlink(relative_path(at.parent().unwrap_or(Path::new("")), to), path)
+        symlink(
+            relative_path(at.parent().unwrap_or(Path::new("")), to),
+            path,
+        )
     }
 }
 
@@ -512,11 +569,18 @@ fn record_text(target: &str, portal: SocketAddr, tpgt: i32, iface: &str) -> Stri
     )
 }
 
-/// The path from directory `from` to `to`, both relative to the same root and free of `..`.
+/// The path from directory `from` to `to`, both relative to the same root and free of `..`,
+/// spelled as kernfs spells link targets: it climbs to the nearest common ancestor of `from`
+/// and `to`'s parent, so a link to an ancestor names it (`device -> ../../../6:0:0:300`).
 fn relative_path(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<Component> = from.components().collect();
     let to: Vec<Component> = to.components().collect();
-    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let common = from
+        .iter()
+        .zip(&to)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(to.len().saturating_sub(1));
     let mut out = PathBuf::new();
     for _ in common..from.len() {
         out.push("..");
@@ -531,9 +595,109 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+/// The tree `tests/vm/smoke.sh` captured (Debian 12, kernel 6.1): target
+/// `iqn.2026-11.test.lunkeeper:smoke`, LUN 300 through 127.0.0.1 (session1, host6, sda) and
+/// 127.0.0.2 (session2, host7, sdb), map dm-0 over both, and a node record made without a
+/// TPGT. Boot-specific numbers are the capture's.
+#[cfg(test)]
+pub(crate) fn vm_smoke_capture(root: &Path) -> io::Result<FixtureTree> {
+    let mut t = FixtureTree::new(root)?;
+    let p1 = SocketAddr::from(([127, 0, 0, 1], 3260));
+    let p2 = SocketAddr::from(([127, 0, 0, 2], 3260));
+    t.session(1, VM_TARGET, p1, "LOGGED_IN")?;
+    t.session(2, VM_TARGET, p2, "LOGGED_IN")?;
+    t.lun(1, 300, Some("sda"), Some(VM_NAA), "running")?;
+    t.lun(2, 300, Some("sdb"), Some(VM_NAA), "running")?;
+    t.map(VM_WWID, "dm-0", &["sda", "sdb"])?;
+    t.node_record(VM_TARGET, p1, -1)?;
+    Ok(t)
+}
+
+#[cfg(test)]
+pub(crate) const VM_TARGET: &str = "iqn.2026-11.test.lunkeeper:smoke";
+#[cfg(test)]
+pub(crate) const VM_NAA: &str = "naa.60014058e56025504e62559c52c147ac";
+#[cfg(test)]
+pub(crate) const VM_WWID: &str = "360014058e56025504e62559c52c147ac";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every link target and attribute value here is copied from the VM capture
+    /// (`sysfs-classes.txt`, `sysfs-path1.txt`, `sysfs-dm.txt`, `nodes.md`).
+    #[test]
+    fn matches_the_vm_capture() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::TempDir::new()?;
+        vm_smoke_capture(dir.path())?;
+        let link = |p: &str| fs::read_link(dir.path().join(p)).map(|l| l.display().to_string());
+        let attr = |p: &str| fs::read_to_string(dir.path().join(p));
+        for (path, target) in [
+            ("sys/class/iscsi_session/session1", "../../devices/platform/host6/session1/iscsi_session/session1"),
+            ("sys/class/iscsi_session/session2", "../../devices/platform/host7/session2/iscsi_session/session2"),
+            ("sys/class/iscsi_connection/connection1:0", "../../devices/platform/host6/session1/connection1:0/iscsi_connection/connection1:0"),
+            ("sys/class/iscsi_host/host6", "../../devices/platform/host6/iscsi_host/host6"),
+            ("sys/class/scsi_host/host7", "../../devices/platform/host7/scsi_host/host7"),
+            ("sys/class/scsi_device/6:0:0:300", "../../devices/platform/host6/session1/target6:0:0/6:0:0:300/scsi_device/6:0:0:300"),
+            ("sys/block/sda", "../devices/platform/host6/session1/target6:0:0/6:0:0:300/block/sda"),
+            ("sys/block/sdb", "../devices/platform/host7/session2/target7:0:0/7:0:0:300/block/sdb"),
+            ("sys/block/dm-0", "../devices/virtual/block/dm-0"),
+            ("sys/block/dm-0/slaves/sda", "../../../../platform/host6/session1/target6:0:0/6:0:0:300/block/sda"),
+            ("sys/block/sda/holders/dm-0", "../../../../../../../../virtual/block/dm-0"),
+            ("sys/block/sda/device", "../../../6:0:0:300"),
+            ("sys/class/iscsi_session/session1/device", "../../../session1"),
+            ("sys/class/iscsi_connection/connection1:0/device", "../../../connection1:0"),
+            ("sys/class/iscsi_host/host6/device", "../../../host6"),
+            ("sys/class/scsi_host/host6/device", "../../../host6"),
+            ("sys/class/scsi_device/6:0:0:300/device", "../../../6:0:0:300"),
+            ("dev/mapper/360014058e56025504e62559c52c147ac", "../dm-0"),
+        ] {
+            assert_eq!(link(path)?, target, "{path}");
+        }
+        for (path, value) in [
+            (
+                "sys/class/iscsi_session/session1/targetname",
+                "iqn.2026-11.test.lunkeeper:smoke\n",
+            ),
+            ("sys/class/iscsi_session/session1/tpgt", "1\n"),
+            ("sys/class/iscsi_session/session1/state", "LOGGED_IN\n"),
+            (
+                "sys/class/iscsi_connection/connection2:0/persistent_address",
+                "127.0.0.2\n",
+            ),
+            (
+                "sys/class/iscsi_connection/connection2:0/persistent_port",
+                "3260\n",
+            ),
+            ("sys/block/sda/device/state", "running\n"),
+            (
+                "sys/block/sda/device/wwid",
+                "naa.60014058e56025504e62559c52c147ac\n",
+            ),
+            ("sys/block/sda/dev", "8:0\n"),
+            ("sys/block/sdb/dev", "8:16\n"),
+            ("sys/block/sda/size", "131072\n"),
+            ("sys/block/dm-0/dev", "254:0\n"),
+            ("sys/block/dm-0/size", "131072\n"),
+            (
+                "sys/block/dm-0/dm/name",
+                "360014058e56025504e62559c52c147ac\n",
+            ),
+            (
+                "sys/block/dm-0/dm/uuid",
+                "mpath-360014058e56025504e62559c52c147ac\n",
+            ),
+            ("sys/block/dm-0/dm/suspended", "0\n"),
+        ] {
+            assert_eq!(attr(path)?, value, "{path}");
+        }
+        let record = "etc/iscsi/nodes/iqn.2026-11.test.lunkeeper:smoke/127.0.0.1,3260";
+        assert!(fs::metadata(dir.path().join(record))?.is_file());
+        assert!(attr(record)?.starts_with(
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn.2026-11.test.lunkeeper:smoke\nnode.tpgt = -1\n"
+        ));
+        Ok(())
+    }
 
     #[test]
     fn relative_paths_match_the_kernels() {
@@ -546,7 +710,9 @@ mod tests {
         );
         assert_eq!(
             relative_path(
-                Path::new("sys/devices/platform/host3/session1/target3:0:0/3:0:0:0/block/sda/holders"),
+                Path::new(
+                    "sys/devices/platform/host3/session1/target3:0:0/3:0:0:0/block/sda/holders"
+                ),
                 Path::new("sys/devices/virtual/block/dm-0")
             ),
             Path::new("../../../../../../../../virtual/block/dm-0")
@@ -554,6 +720,13 @@ mod tests {
         assert_eq!(
             relative_path(Path::new("dev/mapper"), Path::new("dev/dm-0")),
             Path::new("../dm-0")
+        );
+        assert_eq!(
+            relative_path(
+                Path::new("sys/devices/platform/host6/session1/iscsi_session/session1"),
+                Path::new("sys/devices/platform/host6/session1")
+            ),
+            Path::new("../../../session1")
         );
     }
 

@@ -84,7 +84,11 @@ pub struct Hctl {
 
 impl fmt::Display for Hctl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.host, self.channel, self.target, self.lun)
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.host, self.channel, self.target, self.lun
+        )
     }
 }
 

@@ -6,8 +6,15 @@
 //! field is None; the next resync sees the settled state. Only the top-level sources are
 //! strict, because an unreadable source read as "nothing there" would make the planner act
 //! on a world that does not exist (log in again, recreate records). See [`ObserveError`].
+//!
+//! Cost: a host may have ten thousand paths, and every file read is three syscalls. So the
+//! block layer is indexed once from `sys/dev/block` ([`BlockIndex`]: one `readlink` per
+//! device gives its number, its directory, its SCSI device and whether it is a partition)
+//! instead of reading `dev` and listing `block/`, `holders/` and the disk directory per
+//! device. What is left per path is its `state`, `wwid` and disk `size`; those reads are
+//! spread over a few threads when there are many.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -16,16 +23,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
-use super::{BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid};
+use super::{
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid,
+};
 
 /// Why no snapshot could be taken at all.
 ///
 /// - `root/sys/class` missing (or not a directory): this is not a mounted Linux sysfs, so
 ///   "no sessions" would be a guess, not an observation.
 /// - A top-level source that exists but cannot be read (permissions, I/O error):
-///   `sys/class`, `sys/class/iscsi_session`, `sys/block`, the two node directories,
-///   `etc/multipath/wwids`, `proc/self/mountinfo`. A top-level source that does not exist is
-///   normal (module not loaded, open-iscsi or multipath not installed) and reads as empty.
+///   `sys/class`, `sys/class/iscsi_session`, `sys/dev/block`, `dev`, `dev/mapper`, the two
+///   node directories, `etc/multipath/wwids`, `proc/self/mountinfo`. A top-level source that
+///   does not exist is normal (module not loaded, open-iscsi or multipath not installed, a
+///   minimal container) and reads as empty.
 ///
 /// Anything below the top level that vanishes or fails to read is a race with the kernel or
 /// a tool, and is skipped rather than reported.
@@ -41,21 +51,31 @@ pub enum ObserveError {
     },
 }
 
-/// Takes one snapshot of the host below `root`. Reads only; never follows a symlink out of
-/// `root` on its own account (see [`resolve_in_root`]).
+/// Takes one snapshot of the host below `root`. Reads only. Links whose target path carries
+/// meaning (which host a session is on, where a device lives) are resolved by hand and kept
+/// below `root` ([`resolve_target`]); other links are left to the kernel to follow, which
+/// keeps a fixture or a copied tree self-contained as long as its links are relative, as
+/// the kernel's are.
 pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
     let class = root.join("sys/class");
     match fs::metadata(&class) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(ObserveError::NotSysfs { root: root.to_path_buf() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ObserveError::NotSysfs { root: root.to_path_buf() })
+        Err(source) if source.kind() != io::ErrorKind::NotFound => {
+            return Err(ObserveError::Unreadable {
+                path: class,
+                source,
+            })
         }
-        Err(source) => return Err(ObserveError::Unreadable { path: class, source }),
+        _ => {
+            return Err(ObserveError::NotSysfs {
+                root: root.to_path_buf(),
+            })
+        }
     }
+    let blocks = BlockIndex::read(root)?;
     Ok(Observed {
-        sessions: sessions(root)?,
-        maps: maps(root)?,
+        sessions: sessions(root, &blocks)?,
+        maps: maps(&blocks),
         node_records: node_records(root)?,
         registered_wwids: registered_wwids(root)?,
         mounted: mounted(root)?,
@@ -63,41 +83,215 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
     })
 }
 
-fn sessions(root: &Path) -> Result<Vec<Session>, ObserveError> {
+/// The block layer, indexed once per snapshot from `sys/dev/block`, `dev` and `dev/mapper`.
+#[derive(Debug, Default)]
+struct BlockIndex {
+    /// Every block device, whole disks and partitions, by kernel name.
+    devices: HashMap<String, BlockEntry>,
+    /// The disk sd made for each SCSI device (its directory is `.../H:C:T:L/block/sdX`).
+    by_hctl: HashMap<Hctl, String>,
+    /// Disk name → its partitions (devices whose directory is inside the disk's).
+    partitions: HashMap<String, Vec<String>>,
+    /// `slaves/` of each virtual (stacking) device, sorted.
+    slaves: HashMap<String, Vec<String>>,
+    /// The inverse of `slaves`, which is exactly `holders/`: the kernel makes both links of a
+    /// pair together (`bd_link_disk_holder`), and only dm and md, both virtual, make them.
+    holders: HashMap<String, Vec<String>>,
+    dev_nodes: HashSet<String>,
+    mapper_nodes: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct BlockEntry {
+    dir: PathBuf,
+    devnum: DevNum,
+    is_virtual: bool,
+}
+
+impl BlockIndex {
+    fn read(root: &Path) -> Result<BlockIndex, ObserveError> {
+        let mut ix = BlockIndex::default();
+        let sys_dev_block = root.join("sys/dev/block");
+        // (name, devnum, link, the link's target) of every device; one that vanished is skipped.
+        let entries = top_level_names(&sys_dev_block)?;
+        let links: Vec<(String, DevNum, PathBuf, PathBuf)> =
+            parallel_filter_map(&entries, |entry| {
+                let devnum = entry.parse().ok()?;
+                let link = sys_dev_block.join(entry);
+                let target = fs::read_link(&link).ok()?;
+                let name = target.file_name()?.to_str()?.to_string();
+                Some((name, devnum, link, target))
+            });
+        let names: HashSet<&str> = links.iter().map(|(n, ..)| n.as_str()).collect();
+        let mut disks_to_scan = Vec::new();
+        for (name, devnum, link, target) in &links {
+            // .../<parent>/<grandparent>/<name>, read from the end.
+            let mut up = target
+                .components()
+                .rev()
+                .skip(1)
+                .map(|c| c.as_os_str().to_str().unwrap_or_default());
+            let parent = up.next().unwrap_or_default();
+            let grandparent = up.next().unwrap_or_default();
+            let is_virtual = parent == "block" && grandparent == "virtual";
+            // A partition's directory is inside its disk's: `.../block/sda/sda1`, or
+            // `.../nvme0/nvme0n1/nvme0n1p1` where disks have no `block` directory.
+            if names.contains(parent) || grandparent == "block" {
+                ix.partitions
+                    .entry(parent.to_string())
+                    .or_default()
+                    .push(name.clone());
+            } else if parent == "block" {
+                if let Ok(hctl) = grandparent.parse::<Hctl>() {
+                    ix.by_hctl.insert(hctl, name.clone());
+                }
+            }
+            let Some(dir) = resolve_target(root, link, target) else {
+                continue;
+            };
+            if is_virtual {
+                disks_to_scan.push((name.clone(), dir.join("slaves")));
+            }
+            ix.devices.insert(
+                name.clone(),
+                BlockEntry {
+                    dir,
+                    devnum: *devnum,
+                    is_virtual,
+                },
+            );
+        }
+        let stacked = parallel_filter_map(&disks_to_scan, |(name, slaves_dir)| {
+            Some((name.clone(), sorted_names(slaves_dir)))
+        });
+        for (name, slaves) in stacked {
+            for slave in &slaves {
+                ix.holders
+                    .entry(slave.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+            ix.slaves.insert(name, slaves);
+        }
+        ix.holders.values_mut().for_each(|h| h.sort());
+        ix.dev_nodes = top_level_names(&root.join("dev"))?.into_iter().collect();
+        ix.mapper_nodes = top_level_names(&root.join("dev/mapper"))?
+            .into_iter()
+            .collect();
+        Ok(ix)
+    }
+
+    /// A block device from its sysfs directory; `devnum` None reads it from `dev`. None when
+    /// the device has gone (its attributes no longer read).
+    fn block_dev(
+        &self,
+        dir: &Path,
+        name: &str,
+        devnum: Option<DevNum>,
+        node_present: bool,
+    ) -> Option<BlockDev> {
+        let devnum = match devnum {
+            Some(d) => d,
+            None => read_attr(&dir.join("dev")).ok()?.parse().ok()?,
+        };
+        let size_sectors = read_attr(&dir.join("size")).ok()?.parse().ok()?;
+        let mut partitions: Vec<BlockDev> = self
+            .partitions
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| {
+                let entry = self.devices.get(part)?;
+                let mut p = self.block_dev(
+                    &entry.dir,
+                    part,
+                    Some(entry.devnum),
+                    self.dev_nodes.contains(part),
+                )?;
+                p.partitions.clear();
+                Some(p)
+            })
+            .collect();
+        // Names share the disk's prefix, so shorter-then-lexical is numeric: sda2 before sda10.
+        partitions.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+        Some(BlockDev {
+            name: name.to_string(),
+            devnum,
+            size_sectors,
+            holders: self.holders.get(name).cloned().unwrap_or_default(),
+            partitions,
+            node_present,
+        })
+    }
+}
+
+/// A session read so far, and the SCSI devices still to read.
+struct SessionHead {
+    session: Session,
+    luns: Vec<(Hctl, PathBuf)>,
+}
+
+fn sessions(root: &Path, blocks: &BlockIndex) -> Result<Vec<Session>, ObserveError> {
     let class = root.join("sys/class/iscsi_session");
-    let mut out: Vec<Session> = top_level_names(&class)?
-        .into_iter()
-        .filter_map(|name| {
-            let id = name.strip_prefix("session")?.parse().ok()?;
-            session(root, &class.join(&name), &name, id)
+    let names = top_level_names(&class)?;
+    let heads = parallel_filter_map(&names, |name| {
+        let id = name.strip_prefix("session")?.parse().ok()?;
+        session_head(root, &class.join(name), name, id)
+    });
+    // Devices are read as one flat list, so that the threads share the work evenly however
+    // the paths are spread over sessions.
+    let luns: Vec<(usize, Hctl, &Path)> = heads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, h)| {
+            h.luns
+                .iter()
+                .map(move |(hctl, dir)| (i, *hctl, dir.as_path()))
         })
         .collect();
-    out.sort_by_key(|s| s.id);
-    Ok(out)
+    let devices = parallel_filter_map(&luns, |&(i, hctl, dir)| {
+        Some((i, lun_device(blocks, dir, hctl)?))
+    });
+    let mut sessions: Vec<Session> = heads.into_iter().map(|h| h.session).collect();
+    for (i, dev) in devices {
+        if let Some(s) = sessions.get_mut(i) {
+            s.devices.push(dev);
+        }
+    }
+    for s in &mut sessions {
+        s.devices.sort_by_key(|d| d.hctl);
+    }
+    sessions.sort_by_key(|s| s.id);
+    Ok(sessions)
 }
 
 /// `link` is `sys/class/iscsi_session/sessionN`. None when the session has gone.
-fn session(root: &Path, link: &Path, name: &str, id: u32) -> Option<Session> {
+fn session_head(root: &Path, link: &Path, name: &str, id: u32) -> Option<SessionHead> {
     // The symlink is resolved by hand, not by the OS, because its target's path is what
     // names the SCSI host (`.../hostH/sessionN/iscsi_session/sessionN`).
     let class_dir = resolve_in_root(root, link).unwrap_or_else(|| link.to_path_buf());
     let target = read_attr(&class_dir.join("targetname")).ok()?;
     // username/password live here too: they are never read (CAP_SYS_ADMIN, and secrets).
-    let tpgt = read_attr(&class_dir.join("tpgt")).ok().and_then(|t| t.parse().ok());
+    let tpgt = read_attr(&class_dir.join("tpgt"))
+        .ok()
+        .and_then(|t| t.parse().ok());
     let state = read_attr(&class_dir.join("state"))
         .map(|s| SessionState::parse(&s))
         .unwrap_or(SessionState::Unknown);
     let device_dir = session_device_dir(root, &class_dir, name);
     let host = device_dir.as_deref().and_then(host_of);
-    let devices = device_dir.map(|d| lun_devices(root, &d)).unwrap_or_default();
-    Some(Session {
-        id,
-        target,
-        tpgt,
-        portal: portal(root, id),
-        state,
-        host,
-        devices,
+    let luns = device_dir.map(|d| lun_dirs(&d)).unwrap_or_default();
+    Some(SessionHead {
+        session: Session {
+            id,
+            target,
+            tpgt,
+            portal: portal(root, id),
+            state,
+            host,
+            devices: Vec::new(),
+        },
+        luns,
     })
 }
 
@@ -129,7 +323,10 @@ fn host_of(session_device_dir: &Path) -> Option<u32> {
 fn portal(root: &Path, id: u32) -> Option<SocketAddr> {
     let conn = root.join(format!("sys/class/iscsi_connection/connection{id}:0"));
     let addr = read_attr(&conn.join("persistent_address")).ok()?;
-    let port = read_attr(&conn.join("persistent_port")).ok()?.parse().ok()?;
+    let port = read_attr(&conn.join("persistent_port"))
+        .ok()?
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(parse_ip(&addr)?, port))
 }
 
@@ -137,12 +334,15 @@ fn portal(root: &Path, id: u32) -> Option<SocketAddr> {
 /// zone (`%eth0`) cannot be carried by `SocketAddr` without the interface index, so such an
 /// address reads as unknown rather than as a different address.
 fn parse_ip(s: &str) -> Option<IpAddr> {
-    let s = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
     s.parse().ok()
 }
 
-/// Every `targetH:C:T/H:C:T:L` below a session's device directory, sorted by H:C:T:L.
-fn lun_devices(root: &Path, session_device_dir: &Path) -> Vec<LunDevice> {
+/// Every `targetH:C:T/H:C:T:L` directory below a session's device directory.
+fn lun_dirs(session_device_dir: &Path) -> Vec<(Hctl, PathBuf)> {
     let mut out = Vec::new();
     for target in names(session_device_dir).unwrap_or_default() {
         if !target.starts_with("target") {
@@ -150,19 +350,15 @@ fn lun_devices(root: &Path, session_device_dir: &Path) -> Vec<LunDevice> {
         }
         let target_dir = session_device_dir.join(&target);
         for name in names(&target_dir).unwrap_or_default() {
-            let Ok(hctl) = name.parse::<Hctl>() else {
-                continue;
-            };
-            if let Some(dev) = lun_device(root, &target_dir.join(&name), hctl) {
-                out.push(dev);
+            if let Ok(hctl) = name.parse::<Hctl>() {
+                out.push((hctl, target_dir.join(name)));
             }
         }
     }
-    out.sort_by_key(|d| d.hctl);
     out
 }
 
-fn lun_device(root: &Path, dir: &Path, hctl: Hctl) -> Option<LunDevice> {
+fn lun_device(blocks: &BlockIndex, dir: &Path, hctl: Hctl) -> Option<LunDevice> {
     let state = match read_attr(&dir.join("state")) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -177,104 +373,104 @@ fn lun_device(root: &Path, dir: &Path, hctl: Hctl) -> Option<LunDevice> {
         hctl,
         state,
         wwid,
-        disk: whole_disk(root, &dir.join("block")),
+        disk: whole_disk(blocks, dir, hctl),
     })
 }
 
-/// The disk below `H:C:T:L/block/`. The directory normally holds exactly that one entry; with
-/// more, the first name (sorted) that is not a partition wins.
-fn whole_disk(root: &Path, block_dir: &Path) -> Option<BlockDev> {
-    let mut candidates = names(block_dir).ok()?;
+/// The disk of a SCSI device: the one the index found below it, or else (the disk came after
+/// the index was read) the first name in `H:C:T:L/block/` that is not a partition.
+fn whole_disk(blocks: &BlockIndex, dev_dir: &Path, hctl: Hctl) -> Option<BlockDev> {
+    if let Some((name, entry)) = blocks
+        .by_hctl
+        .get(&hctl)
+        .and_then(|n| Some((n, blocks.devices.get(n)?)))
+    {
+        let present = blocks.dev_nodes.contains(name);
+        return blocks.block_dev(&entry.dir, name, Some(entry.devnum), present);
+    }
+    let block_dir = dev_dir.join("block");
+    let mut candidates = names(&block_dir).ok()?;
     candidates.sort();
-    let name = if candidates.len() == 1 {
-        candidates.pop()?
-    } else {
-        candidates
-            .into_iter()
-            .find(|n| !exists(&block_dir.join(n).join("partition")))?
-    };
-    let dir = block_dir.join(&name);
-    let node = root.join("dev").join(&name);
-    block_dev(root, &dir, name, &node)
+    let name = candidates
+        .into_iter()
+        .find(|n| !exists(&block_dir.join(n).join("partition")))?;
+    let present = blocks.dev_nodes.contains(&name);
+    blocks.block_dev(&block_dir.join(&name), &name, None, present)
 }
 
-/// A block device from its sysfs directory (the one `sys/block/<name>` points to). None when
-/// it has gone (its `dev` or `size` no longer reads).
-fn block_dev(root: &Path, dir: &Path, name: String, node: &Path) -> Option<BlockDev> {
-    let devnum = read_attr(&dir.join("dev")).ok()?.parse().ok()?;
-    let size_sectors = read_attr(&dir.join("size")).ok()?.parse().ok()?;
-    let partitions = partitions(root, dir, &name);
-    Some(BlockDev {
-        holders: sorted_names(&dir.join("holders")),
-        partitions,
-        node_present: exists(node),
-        devnum,
-        size_sectors,
-        name,
-    })
-}
-
-/// Subdirectories of a disk's directory that hold a `partition` attribute. The kernel names a
-/// partition after its disk (`sda1`, `nvme0n1p1`), so only such names are checked: the other
-/// dozen subdirectories (queue, power, mq, ...) cost no lookup.
-fn partitions(root: &Path, disk_dir: &Path, disk: &str) -> Vec<BlockDev> {
-    let Ok(entries) = fs::read_dir(disk_dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<BlockDev> = entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().into_string().ok()?;
-            if name.len() <= disk.len() || !name.starts_with(disk) || !e.file_type().ok()?.is_dir() {
-                return None;
-            }
-            let dir = e.path();
-            if !exists(&dir.join("partition")) {
-                return None;
-            }
-            let node = root.join("dev").join(&name);
-            let mut part = block_dev(root, &dir, name, &node)?;
-            // A partition has no partitions; the recursive look found only its own subdirs.
-            part.partitions.clear();
-            Some(part)
-        })
+/// Every `dm-N` whose uuid is `mpath-<wwid>`, sorted by map name. kpartx partitions
+/// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
+fn maps(blocks: &BlockIndex) -> Vec<Map> {
+    let dms: Vec<(&String, &BlockEntry)> = blocks
+        .devices
+        .iter()
+        .filter(|(name, e)| e.is_virtual && name.starts_with("dm-"))
         .collect();
-    // Names share the disk's prefix, so shorter-then-lexical is numeric: sda2 before sda10.
-    out.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+    let mut out = parallel_filter_map(&dms, |&(name, entry)| map(blocks, entry, name));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
-/// Every `sys/block/dm-N` whose uuid is `mpath-<wwid>`, sorted by map name. kpartx partitions
-/// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
-fn maps(root: &Path) -> Result<Vec<Map>, ObserveError> {
-    let block = root.join("sys/block");
-    let mut out: Vec<Map> = top_level_names(&block)?
-        .into_iter()
-        .filter(|n| n.starts_with("dm-"))
-        .filter_map(|n| map(root, &block.join(&n), n))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn map(root: &Path, dir: &Path, kernel_name: String) -> Option<Map> {
-    let uuid = read_attr(&dir.join("dm/uuid")).ok()?;
+fn map(blocks: &BlockIndex, entry: &BlockEntry, kernel_name: &str) -> Option<Map> {
+    let uuid = read_attr(&entry.dir.join("dm/uuid")).ok()?;
     let wwid = Wwid::from_str(uuid.strip_prefix("mpath-")?).ok()?;
-    let name = read_attr(&dir.join("dm/name")).ok()?;
-    // An empty or path-like name would make the /dev/mapper check look at the wrong file.
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    let name = read_attr(&entry.dir.join("dm/name")).ok()?;
+    if name.is_empty() {
         return None;
     }
-    let suspended = read_attr(&dir.join("dm/suspended")).is_ok_and(|s| s == "1");
-    let slaves = sorted_names(&dir.join("slaves"));
-    let node = root.join("dev/mapper").join(&name);
-    let dev = block_dev(root, dir, kernel_name, &node)?;
+    let suspended = read_attr(&entry.dir.join("dm/suspended")).is_ok_and(|s| s == "1");
+    let present = blocks.mapper_nodes.contains(&name);
+    let dev = blocks.block_dev(&entry.dir, kernel_name, Some(entry.devnum), present)?;
     Some(Map {
+        slaves: blocks.slaves.get(kernel_name).cloned().unwrap_or_default(),
         name,
         wwid,
         dev,
-        slaves,
         suspended,
+    })
+}
+
+/// Below this many items the reads run on the calling thread: starting threads costs more.
+const PARALLEL_MIN: usize = 256;
+const MAX_THREADS: usize = 8;
+
+/// `items.iter().filter_map(f)` on up to [`MAX_THREADS`] threads, in `items`' order. Reading
+/// sysfs is syscall-bound, so a few threads divide the wall time of a large host. A thread
+/// that cannot be started (or, impossibly, panics) has its share done here instead.
+fn parallel_filter_map<T: Sync, U: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Option<U> + Sync,
+) -> Vec<U> {
+    if items.len() < PARALLEL_MIN {
+        return items.iter().filter_map(&f).collect();
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+    if threads < 2 {
+        return items.iter().filter_map(&f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|chunk| {
+                let worker = std::thread::Builder::new()
+                    .name("lk-observe".to_string())
+                    .spawn_scoped(scope, move || {
+                        chunk.iter().filter_map(f).collect::<Vec<U>>()
+                    });
+                (chunk, worker)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (chunk, worker) in workers {
+            match worker.ok().and_then(|w| w.join().ok()) {
+                Some(part) => out.extend(part),
+                None => out.extend(chunk.iter().filter_map(f)),
+            }
+        }
+        out
     })
 }
 
@@ -296,7 +492,8 @@ fn node_records(root: &Path) -> Result<Vec<NodeRecord>, ObserveError> {
             let target_dir = dir.join(&target);
             for portal in names(&target_dir).unwrap_or_default() {
                 let Some((addr, tpgt)) = parse_portal_name(&portal) else {
-                    tracing::debug!(path = %target_dir.join(&portal).display(), "not a node record portal; skipped");
+                    let path = target_dir.join(&portal);
+                    tracing::debug!(path = %path.display(), "not a node record; skipped");
                     continue;
                 };
                 let path = target_dir.join(&portal);
@@ -322,7 +519,9 @@ fn node_records(root: &Path) -> Result<Vec<NodeRecord>, ObserveError> {
             }
         }
     }
-    out.sort_by(|a, b| (&a.target, a.portal, a.tpgt, &a.path).cmp(&(&b.target, b.portal, b.tpgt, &b.path)));
+    out.sort_by(|a, b| {
+        (&a.target, a.portal, a.tpgt, &a.path).cmp(&(&b.target, b.portal, b.tpgt, &b.path))
+    });
     Ok(out)
 }
 
@@ -366,12 +565,16 @@ fn mounted(root: &Path) -> Result<BTreeSet<DevNum>, ObserveError> {
 }
 
 /// Resolves the symlink `link` (which lies below `root`) one level, lexically, and keeps the
-/// result below `root`: a relative target is taken from the link's directory, an absolute one
-/// from `root`, and `..` never climbs above `root`. Lexical `..` is right here because the
-/// directories holding sysfs class links are not themselves symlinks. None when `link` is not
-/// a symlink or is not below `root`.
+/// result below `root`. None when `link` is not a symlink or is not below `root`.
 fn resolve_in_root(root: &Path, link: &Path) -> Option<PathBuf> {
-    let target = fs::read_link(link).ok()?;
+    resolve_target(root, link, &fs::read_link(link).ok()?)
+}
+
+/// Where `link`, whose content is `target`, points: a relative target is taken from the
+/// link's directory, an absolute one from `root`, and `..` never climbs above `root`.
+/// Lexical `..` is right here because the directories holding sysfs links are not
+/// themselves symlinks.
+fn resolve_target(root: &Path, link: &Path, target: &Path) -> Option<PathBuf> {
     let link_dir = link.strip_prefix(root).ok()?.parent()?;
     let mut parts: Vec<&OsStr> = Vec::new();
     if target.is_relative() {
@@ -473,7 +676,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::observe::fixture::FixtureTree;
+    use crate::observe::fixture::{vm_smoke_capture, FixtureTree, VM_TARGET, VM_WWID};
 
     type TestResult = Result<(), Box<dyn Error>>;
 
@@ -523,7 +726,7 @@ mod tests {
 
     /// The fixture's own mountinfo lines: `/`, `/sys`, `/proc`.
     fn base_mounts() -> BTreeSet<DevNum> {
-        [devnum(254, 1), devnum(0, 20), devnum(0, 21)].into()
+        [devnum(259, 1), devnum(0, 20), devnum(0, 21)].into()
     }
 
     #[test]
@@ -531,7 +734,7 @@ mod tests {
         let (dir, mut t) = fixture()?;
         let h1 = t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
         let h2 = t.session(2, IQN, addr("[::1]:3260"), "LOGGED_IN")?;
-        assert_eq!((h1, h2), (3, 4));
+        assert_eq!((h1, h2), (6, 7));
         t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
         t.lun(2, 0, Some("sdb"), Some(NAA), "running")?;
         t.map(WWID, "dm-0", &["sda", "sdb"])?;
@@ -551,8 +754,8 @@ mod tests {
                     tpgt: Some(1),
                     portal: Some(addr("127.0.0.1:3260")),
                     state: SessionState::LoggedIn,
-                    host: Some(3),
-                    devices: vec![path(3, "sda", 0)],
+                    host: Some(6),
+                    devices: vec![path(6, "sda", 0)],
                 },
                 Session {
                     id: 2,
@@ -560,8 +763,8 @@ mod tests {
                     tpgt: Some(1),
                     portal: Some(addr("[::1]:3260")),
                     state: SessionState::LoggedIn,
-                    host: Some(4),
-                    devices: vec![path(4, "sdb", 16)],
+                    host: Some(7),
+                    devices: vec![path(7, "sdb", 16)],
                 },
             ],
             maps: vec![Map {
@@ -569,7 +772,7 @@ mod tests {
                 wwid: wwid(WWID),
                 dev: BlockDev {
                     name: "dm-0".to_string(),
-                    devnum: devnum(253, 0),
+                    devnum: devnum(254, 0),
                     size_sectors: 131_072,
                     holders: Vec::new(),
                     partitions: Vec::new(),
@@ -585,13 +788,82 @@ mod tests {
         Ok(())
     }
 
+    /// The tree the VM smoke test captured reads as that host was.
+    #[test]
+    fn the_vm_smoke_capture() -> TestResult {
+        let dir = TempDir::new()?;
+        vm_smoke_capture(dir.path())?;
+        let o = observe(dir.path())?;
+        let summary: Vec<_> = o
+            .sessions
+            .iter()
+            .map(|s| {
+                let d = &s.devices[0];
+                (
+                    s.id,
+                    s.host,
+                    s.portal,
+                    d.hctl.to_string(),
+                    d.wwid.clone(),
+                    d.disk
+                        .as_ref()
+                        .map(|b| (b.name.clone(), b.devnum, b.holders.clone())),
+                )
+            })
+            .collect();
+        let disk = |name: &str, minor| {
+            Some((name.to_string(), devnum(8, minor), vec!["dm-0".to_string()]))
+        };
+        assert_eq!(
+            summary,
+            [
+                (
+                    1,
+                    Some(6),
+                    Some(addr("127.0.0.1:3260")),
+                    "6:0:0:300".to_string(),
+                    Some(wwid(VM_WWID)),
+                    disk("sda", 0)
+                ),
+                (
+                    2,
+                    Some(7),
+                    Some(addr("127.0.0.2:3260")),
+                    "7:0:0:300".to_string(),
+                    Some(wwid(VM_WWID)),
+                    disk("sdb", 16)
+                ),
+            ]
+        );
+        assert!(o
+            .sessions
+            .iter()
+            .all(|s| s.target == VM_TARGET && s.tpgt == Some(1)));
+        let m = &o.maps[0];
+        assert_eq!(
+            (m.name.as_str(), m.dev.devnum, m.dev.size_sectors),
+            (VM_WWID, devnum(254, 0), 131_072)
+        );
+        assert_eq!(m.slaves, ["sda", "sdb"]);
+        assert!(m.dev.node_present);
+        let r = &o.node_records[0];
+        assert_eq!(
+            (r.target.as_str(), r.portal, r.tpgt),
+            (VM_TARGET, addr("127.0.0.1:3260"), -1)
+        );
+        Ok(())
+    }
+
     #[test]
     fn session_states_and_odd_tpgt() -> TestResult {
         let (dir, mut t) = fixture()?;
         t.session(1, IQN, addr("127.0.0.1:3260"), "FAILED")?;
         t.session(2, IQN, addr("127.0.0.2:3260"), "FREE")?;
         t.session(3, IQN, addr("127.0.0.3:3260"), "SOMETHING_NEW")?;
-        fs::write(dir.path().join("sys/class/iscsi_session/session3/tpgt"), "-1\n")?;
+        fs::write(
+            dir.path().join("sys/class/iscsi_session/session3/tpgt"),
+            "-1\n",
+        )?;
         let o = observe(dir.path())?;
         let states: Vec<_> = o.sessions.iter().map(|s| (s.state, s.tpgt)).collect();
         assert_eq!(
@@ -620,8 +892,8 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("3:0:0:300".to_string(), Some("sdb".to_string())),
-                ("3:0:0:16640".to_string(), Some("sda".to_string()))
+                ("6:0:0:300".to_string(), Some("sdb".to_string())),
+                ("6:0:0:16640".to_string(), Some("sda".to_string()))
             ]
         );
         assert_eq!(devices[0].wwid, Some(wwid(WWID_B)));
@@ -645,7 +917,10 @@ mod tests {
         let o = observe(dir.path())?;
         let d = &o.sessions[0].devices;
         assert_eq!(d.len(), 3);
-        assert_eq!((d[0].hctl, d[0].wwid.as_ref(), d[0].disk.as_ref()), (hctl(3, 1), None, None));
+        assert_eq!(
+            (d[0].hctl, d[0].wwid.as_ref(), d[0].disk.as_ref()),
+            (hctl(6, 1), None, None)
+        );
         assert!(d[0].is_running());
         assert_eq!((d[1].wwid.as_ref(), d[1].state.as_str()), (None, "blocked"));
         assert!(!d[1].is_running());
@@ -663,7 +938,7 @@ mod tests {
         let o = observe(dir.path())?;
         assert_eq!(o.sessions.len(), 1);
         assert_eq!(o.sessions[0].portal, None);
-        assert_eq!(o.sessions[0].host, Some(3));
+        assert_eq!(o.sessions[0].host, Some(6));
         assert_eq!(o.sessions[0].target, IQN);
 
         fs::remove_file(dir.path().join("sys/class/iscsi_connection/connection1:0"))?;
@@ -698,9 +973,12 @@ mod tests {
         t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
         let link = dir.path().join("sys/class/iscsi_session/session1");
         fs::remove_file(&link)?;
-        symlink("/sys/devices/platform/host3/session1/iscsi_session/session1", &link)?;
+        symlink(
+            "/sys/devices/platform/host6/session1/iscsi_session/session1",
+            &link,
+        )?;
         let o = observe(dir.path())?;
-        assert_eq!(o.sessions[0].host, Some(3));
+        assert_eq!(o.sessions[0].host, Some(6));
         assert_eq!(o.sessions[0].devices.len(), 1);
         Ok(())
     }
@@ -715,10 +993,13 @@ mod tests {
         fs::create_dir(&class)?;
         fs::write(class.join("targetname"), format!("{IQN}\n"))?;
         fs::write(class.join("state"), "LOGGED_IN\n")?;
-        symlink("../../../devices/platform/host3/session1", class.join("device"))?;
+        symlink(
+            "../../../devices/platform/host6/session1",
+            class.join("device"),
+        )?;
         let o = observe(dir.path())?;
-        assert_eq!(o.sessions[0].host, Some(3));
-        assert_eq!(o.sessions[0].devices[0].hctl, hctl(3, 0));
+        assert_eq!(o.sessions[0].host, Some(6));
+        assert_eq!(o.sessions[0].devices[0].hctl, hctl(6, 0));
         Ok(())
     }
 
@@ -728,8 +1009,14 @@ mod tests {
         fs::create_dir_all(dir.path().join("sys/class/x"))?;
         let link = dir.path().join("sys/class/x/l");
         symlink("../../../../../../../etc/passwd", &link)?;
-        assert_eq!(resolve_in_root(dir.path(), &link), Some(dir.path().join("etc/passwd")));
-        assert_eq!(resolve_in_root(dir.path(), &dir.path().join("sys/class/x")), None);
+        assert_eq!(
+            resolve_in_root(dir.path(), &link),
+            Some(dir.path().join("etc/passwd"))
+        );
+        assert_eq!(
+            resolve_in_root(dir.path(), &dir.path().join("sys/class/x")),
+            None
+        );
         Ok(())
     }
 
@@ -747,7 +1034,11 @@ mod tests {
         let root = dir.path().to_path_buf();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(observe(&root).map(|o| o.sessions.len()).map_err(|e| e.to_string()));
+            let _ = tx.send(
+                observe(&root)
+                    .map(|o| o.sessions.len())
+                    .map_err(|e| e.to_string()),
+            );
         });
         assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, Ok(1));
         Ok(())
@@ -760,8 +1051,18 @@ mod tests {
         t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
         t.lun(1, 1, Some("sdb"), Some(NAA_B), "running")?;
         t.map(WWID, "dm-0", &["sda"])?;
-        t.dm_device("dm-1", &format!("{WWID}-part1"), &format!("part1-mpath-{WWID}"), &["dm-0"])?;
-        t.dm_device("dm-2", "vg0-lv0", "LVM-k3W8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &["sdb"])?;
+        t.dm_device(
+            "dm-1",
+            &format!("{WWID}-part1"),
+            &format!("part1-mpath-{WWID}"),
+            &["dm-0"],
+        )?;
+        t.dm_device(
+            "dm-2",
+            "vg0-lv0",
+            "LVM-k3W8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            &["sdb"],
+        )?;
         // A dm device mid-creation has no uuid yet.
         t.dm_device("dm-3", "pending", "", &[])?;
         fs::remove_file(dir.path().join("sys/devices/virtual/block/dm-3/dm/uuid"))?;
@@ -772,7 +1073,13 @@ mod tests {
         assert_eq!((m.name.as_str(), m.dev.name.as_str()), (WWID, "dm-0"));
         assert_eq!(m.dev.holders, ["dm-1"]);
         assert_eq!(m.slaves, ["sda"]);
-        assert_eq!(o.sessions[0].devices[1].disk.as_ref().map(|d| d.holders.clone()), Some(vec!["dm-2".to_string()]));
+        assert_eq!(
+            o.sessions[0].devices[1]
+                .disk
+                .as_ref()
+                .map(|d| d.holders.clone()),
+            Some(vec!["dm-2".to_string()])
+        );
         Ok(())
     }
 
@@ -790,7 +1097,13 @@ mod tests {
         // udev has not made /dev/sda yet either.
         fs::remove_file(dir.path().join("dev/sda"))?;
         let o = observe(dir.path())?;
-        assert_eq!(o.sessions[0].devices[0].disk.as_ref().map(|d| d.node_present), Some(false));
+        assert_eq!(
+            o.sessions[0].devices[0]
+                .disk
+                .as_ref()
+                .map(|d| d.node_present),
+            Some(false)
+        );
         Ok(())
     }
 
@@ -799,10 +1112,31 @@ mod tests {
         let (dir, mut t) = fixture()?;
         t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
         t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
-        fs::remove_file(t.block_path("sda").ok_or("no sda")?.join("dev"))?;
+        fs::remove_file(t.block_path("sda").ok_or("no sda")?.join("size"))?;
         let o = observe(dir.path())?;
         assert_eq!(o.sessions[0].devices[0].disk, None);
         assert_eq!(o.sessions[0].devices[0].wwid, Some(wwid(WWID)));
+        Ok(())
+    }
+
+    /// A disk that appeared after `sys/dev/block` was indexed is still found below its
+    /// SCSI device, its number read from `dev`.
+    #[test]
+    fn a_disk_missing_from_the_index_is_found_below_its_device() -> TestResult {
+        let (dir, mut t) = fixture()?;
+        t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
+        t.lun(1, 0, Some("sdb"), Some(NAA), "running")?;
+        t.partition("sdb", "sdb1")?;
+        fs::remove_file(dir.path().join("sys/dev/block/8:0"))?;
+        let o = observe(dir.path())?;
+        let sdb = o.sessions[0].devices[0].disk.clone().ok_or("no disk")?;
+        assert_eq!((sdb.name.as_str(), sdb.devnum), ("sdb", devnum(8, 0)));
+        let parts: Vec<_> = sdb
+            .partitions
+            .iter()
+            .map(|p| (p.name.as_str(), p.devnum))
+            .collect();
+        assert_eq!(parts, [("sdb1", devnum(8, 1))]);
         Ok(())
     }
 
@@ -843,6 +1177,7 @@ mod tests {
         let (dir, mut t) = fixture()?;
         let v4 = t.node_record(IQN, addr("127.0.0.1:3260"), 1)?;
         let v6 = t.node_record(IQN, addr("[::1]:3260"), 1)?;
+        // iscsiadm 2.1.8 without a TPGT: the plain file `<addr>,<port>`.
         let no_tpgt = t.node_record("iqn.2026-11.test:b", addr("10.0.0.1:3260"), -1)?;
         let upstream = t.node_record_in(
             "var/lib/iscsi/nodes",
@@ -851,13 +1186,27 @@ mod tests {
             2,
             "iface0",
         )?;
-        let legacy = t.legacy_node_record("iqn.2026-11.test:d", addr("10.0.0.3:3260"))?;
-        let flat = dir.path().join("etc/iscsi/nodes/iqn.2026-11.test:e/10.0.0.4,3260,5");
+        let minus_one = t.node_record_in(
+            "etc/iscsi/nodes",
+            "iqn.2026-11.test:d",
+            addr("[fd00::3]:3260"),
+            -1,
+            "default",
+        )?;
+        let flat = dir
+            .path()
+            .join("etc/iscsi/nodes/iqn.2026-11.test:e/10.0.0.4,3260,5");
         fs::create_dir_all(flat.parent().ok_or("no parent")?)?;
         fs::write(&flat, "node.name = iqn.2026-11.test:e\n")?;
         // Not records: a name that is no portal, a directory where an iface file belongs.
-        fs::create_dir_all(dir.path().join("etc/iscsi/nodes/iqn.2026-11.test:e/garbage"))?;
-        fs::create_dir_all(dir.path().join("etc/iscsi/nodes/iqn.2026-11.test:e/10.0.0.5,3260,1/sub"))?;
+        fs::create_dir_all(
+            dir.path()
+                .join("etc/iscsi/nodes/iqn.2026-11.test:e/garbage"),
+        )?;
+        fs::create_dir_all(
+            dir.path()
+                .join("etc/iscsi/nodes/iqn.2026-11.test:e/10.0.0.5,3260,1/sub"),
+        )?;
 
         let o = observe(dir.path())?;
         let rec = |target: &str, portal: &str, tpgt, path: &PathBuf| NodeRecord {
@@ -873,12 +1222,13 @@ mod tests {
                 rec(IQN, "[::1]:3260", 1, &v6),
                 rec("iqn.2026-11.test:b", "10.0.0.1:3260", -1, &no_tpgt),
                 rec("iqn.2026-11.test:c", "10.0.0.2:3261", 2, &upstream),
-                rec("iqn.2026-11.test:d", "10.0.0.3:3260", -1, &legacy),
+                rec("iqn.2026-11.test:d", "[fd00::3]:3260", -1, &minus_one),
                 rec("iqn.2026-11.test:e", "10.0.0.4:3260", 5, &flat),
             ]
         );
         assert!(v6.ends_with("::1,3260,1/default"));
-        assert!(legacy.ends_with("iqn.2026-11.test:d/10.0.0.3,3260"));
+        assert!(no_tpgt.ends_with("iqn.2026-11.test:b/10.0.0.1,3260"));
+        assert!(minus_one.ends_with("fd00::3,3260,-1/default"));
         Ok(())
     }
 
@@ -893,10 +1243,63 @@ mod tests {
     }
 
     #[test]
+    fn parallel_reading_keeps_order() {
+        let items: Vec<u32> = (0..1000).collect();
+        let f = |x: &u32| (x % 3 != 0).then_some(x * 2);
+        let expected: Vec<u32> = items.iter().filter_map(f).collect();
+        assert_eq!(parallel_filter_map(&items, f), expected);
+    }
+
+    /// Enough paths that the devices are read on several threads.
+    #[test]
+    fn a_host_with_hundreds_of_paths() -> TestResult {
+        let (dir, mut t) = fixture()?;
+        t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
+        t.session(2, IQN, addr("127.0.0.2:3260"), "LOGGED_IN")?;
+        // Two paths per LUN: exactly enough devices for the threaded reading.
+        let luns = (PARALLEL_MIN / 2) as u64;
+        for lun in 0..luns {
+            for session in [1, 2] {
+                let k = (2 * lun + u64::from(session) - 1) as usize;
+                let name = crate::observe::fixture::sd_name(k);
+                t.lun(session, lun, Some(&name), Some(NAA), "running")?;
+            }
+        }
+        let o = observe(dir.path())?;
+        for (s, host) in o.sessions.iter().zip([6, 7]) {
+            let hctls: Vec<Hctl> = s.devices.iter().map(|d| d.hctl).collect();
+            let expected: Vec<Hctl> = (0..luns).map(|l| hctl(host, l)).collect();
+            assert_eq!(hctls, expected);
+            assert!(s.devices.iter().all(|d| d.disk.is_some()));
+        }
+        let sd = |s: usize, l: usize| {
+            o.sessions[s].devices[l]
+                .disk
+                .as_ref()
+                .map(|d| d.name.clone())
+        };
+        // sd names the 256th disk sdiv; it is session 2's path to the last LUN.
+        assert_eq!(
+            (sd(0, 0), sd(1, 0), sd(1, 127)),
+            (Some("sda".into()), Some("sdb".into()), Some("sdiv".into()))
+        );
+        Ok(())
+    }
+
+    #[test]
     fn portal_names() {
-        assert_eq!(parse_portal_name("::1,3260,1"), Some((addr("[::1]:3260"), 1)));
-        assert_eq!(parse_portal_name("fd00::a:b,3260,-1"), Some((addr("[fd00::a:b]:3260"), -1)));
-        assert_eq!(parse_portal_name("10.0.0.1,3260"), Some((addr("10.0.0.1:3260"), -1)));
+        assert_eq!(
+            parse_portal_name("::1,3260,1"),
+            Some((addr("[::1]:3260"), 1))
+        );
+        assert_eq!(
+            parse_portal_name("fd00::a:b,3260,-1"),
+            Some((addr("[fd00::a:b]:3260"), -1))
+        );
+        assert_eq!(
+            parse_portal_name("10.0.0.1,3260"),
+            Some((addr("10.0.0.1:3260"), -1))
+        );
         assert_eq!(parse_portal_name("10.0.0.1"), None);
         assert_eq!(parse_portal_name("10.0.0.1,99999,1"), None);
         assert_eq!(parse_portal_name("10.0.0.1,3260,x"), None);
@@ -911,7 +1314,9 @@ mod tests {
         let path = dir.path().join("etc/multipath/wwids");
         let mut text = fs::read_to_string(&path)?;
         assert!(text.starts_with("# Multipath wwids"));
-        text.push_str(&format!("  /{WWID_B}/  \n# /3600140ccc/\n/3600140 dd/\njunk\n//\n/3/\n/3600140ee\n"));
+        text.push_str(&format!(
+            "  /{WWID_B}/  \n# /3600140ccc/\n/3600140 dd/\njunk\n//\n/3/\n/3600140ee\n"
+        ));
         fs::write(&path, text)?;
         let o = observe(dir.path())?;
         assert_eq!(o.registered_wwids, [wwid(WWID), wwid(WWID_B)].into());
@@ -922,13 +1327,13 @@ mod tests {
     fn mountinfo_third_field() -> TestResult {
         let (dir, mut t) = fixture()?;
         t.mount("8:1")?;
-        t.mount("253:0")?;
+        t.mount("254:0")?;
         let path = dir.path().join("proc/self/mountinfo");
         let mut text = fs::read_to_string(&path)?;
         text.push_str("garbage\n40 26 not:a:num / /x rw - tmpfs tmpfs rw\n\n");
         fs::write(&path, text)?;
         let mut expected = base_mounts();
-        expected.extend([devnum(8, 1), devnum(253, 0)]);
+        expected.extend([devnum(8, 1), devnum(254, 0)]);
         assert_eq!(observe(dir.path())?.mounted, expected);
 
         fs::remove_file(&path)?;
@@ -950,7 +1355,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
 
         /// Whatever a racing kernel or a broken tool leaves in these files, observing neither
         /// panics nor fails.
@@ -974,7 +1379,7 @@ mod tests {
                 p("sys/class/iscsi_connection/connection1:0/persistent_port"),
                 p("sys/block/sda/device/state"),
                 p("sys/block/sda/device/wwid"),
-                p("sys/block/sda/dev"),
+                p("sys/block/sda/size"),
                 p("sys/block/sda/sda1/size"),
                 p("sys/block/dm-0/dm/uuid"),
                 p("sys/block/dm-0/dm/name"),

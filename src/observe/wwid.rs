@@ -100,9 +100,20 @@ mod tests {
 
     #[test]
     fn eui_and_t10_and_raw() {
-        assert_eq!(Wwid::from_sysfs("eui.0025385B71B0D1A2").unwrap().as_str(), "20025385b71b0d1a2");
-        assert_eq!(Wwid::from_sysfs("t10.ATA     QEMU HARDDISK   QM00001").unwrap().as_str(), "1ATA_QEMU_HARDDISK_QM00001");
-        assert_eq!(Wwid::from_sysfs("SomeVendor Id").unwrap().as_str(), "8SomeVendor_Id");
+        assert_eq!(
+            Wwid::from_sysfs("eui.0025385B71B0D1A2").unwrap().as_str(),
+            "20025385b71b0d1a2"
+        );
+        assert_eq!(
+            Wwid::from_sysfs("t10.ATA     QEMU HARDDISK   QM00001")
+                .unwrap()
+                .as_str(),
+            "1ATA_QEMU_HARDDISK_QM00001"
+        );
+        assert_eq!(
+            Wwid::from_sysfs("SomeVendor Id").unwrap().as_str(),
+            "8SomeVendor_Id"
+        );
     }
 
     #[test]

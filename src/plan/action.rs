@@ -9,7 +9,7 @@ use crate::owned::SessionKey;
 
 /// One step lunkeeper can take. Each is idempotent: running it when the world is already so
 /// changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Record a volume (and, once known, its WWID) as lunkeeper's.
@@ -20,45 +20,81 @@ pub enum Action {
         wwid: Option<Wwid>,
     },
     /// Forget a volume that has nothing left on the host, or that another name now claims.
-    DisownVolume { volume: String },
+    DisownVolume {
+        volume: String,
+    },
     /// Take over an existing session that exactly matches a present volume.
-    AdoptSession { session: SessionKey },
+    AdoptSession {
+        session: SessionKey,
+    },
     /// Drop the record of a session whose session and node record are both gone.
-    ForgetSession { session: SessionKey },
+    ForgetSession {
+        session: SessionKey,
+    },
     /// Drop the record of a WWID that is no longer in the wwids file.
-    ForgetWwid { wwid: Wwid },
+    ForgetWwid {
+        wwid: Wwid,
+    },
     /// Create or update the node record so that a login scans nothing and starts nothing.
     EnsureNode {
         session: SessionKey,
         settings: NodeSettings,
         login_timeout_secs: u32,
     },
-    Login { session: SessionKey, timeout_secs: u32 },
+    Login {
+        session: SessionKey,
+        timeout_secs: u32,
+    },
     /// Scan exactly one LUN on the session's SCSI host: never a wildcard LUN.
-    Scan { session: SessionKey, host: u32, lun: Lun },
+    Scan {
+        session: SessionKey,
+        host: u32,
+        lun: Lun,
+    },
     /// Add the WWID to multipath's wwids file so a map forms even with one path.
-    RegisterWwid { wwid: Wwid },
+    RegisterWwid {
+        wwid: Wwid,
+    },
     /// Ask multipathd to create the map now.
-    AddMap { wwid: Wwid },
-    AddPath { disk: String },
-    DelPath { disk: String },
+    AddMap {
+        wwid: Wwid,
+    },
+    AddPath {
+        disk: String,
+    },
+    DelPath {
+        disk: String,
+    },
     /// Fail queued I/O instead of blocking forever: the map has no live path left.
-    DisableQueueing { map: String },
-    FlushMap { map: String },
-    DeleteDevice { hctl: Hctl, disk: Option<String> },
-    UnregisterWwid { wwid: Wwid },
-    Logout { session: SessionKey },
-    DeleteNode { session: SessionKey },
+    DisableQueueing {
+        map: String,
+    },
+    FlushMap {
+        map: String,
+    },
+    DeleteDevice {
+        hctl: Hctl,
+        disk: Option<String>,
+    },
+    UnregisterWwid {
+        wwid: Wwid,
+    },
+    Logout {
+        session: SessionKey,
+    },
+    DeleteNode {
+        session: SessionKey,
+    },
 }
 
 /// What a node record must say. Secrets are referenced by file, never carried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct NodeSettings {
     pub replacement_timeout: u32,
     pub chap: Option<ChapSettings>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ChapSettings {
     pub username: String,
     pub password_file: PathBuf,
@@ -67,6 +103,16 @@ pub struct ChapSettings {
 }
 
 impl Action {
+    /// Whether success means "requested" rather than "done": after a scan returns the kernel
+    /// still probes the disk, and multipathd defers adding a path to a map that udev has not
+    /// finished processing. Repeating such a request at once only adds noise.
+    pub fn takes_effect_later(&self) -> bool {
+        matches!(
+            self,
+            Action::Scan { .. } | Action::AddMap { .. } | Action::AddPath { .. }
+        )
+    }
+
     /// Whether the action only changes lunkeeper's own records.
     pub fn is_bookkeeping(&self) -> bool {
         matches!(
@@ -83,7 +129,12 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::OwnVolume { volume, target, lun, wwid } => {
+            Action::OwnVolume {
+                volume,
+                target,
+                lun,
+                wwid,
+            } => {
                 write!(f, "own volume {volume} ({target} LUN {lun}")?;
                 if let Some(w) = wwid {
                     write!(f, ", WWID {w}")?;
@@ -94,25 +145,33 @@ impl fmt::Display for Action {
             Action::AdoptSession { session } => write!(f, "adopt session {session}"),
             Action::ForgetSession { session } => write!(f, "forget session {session}"),
             Action::ForgetWwid { wwid } => write!(f, "forget WWID {wwid}"),
-            Action::EnsureNode { session, settings, .. } => {
+            Action::EnsureNode {
+                session, settings, ..
+            } => {
                 write!(
                     f,
                     "node record {session}: scan=manual startup=manual replacement_timeout={}",
                     settings.replacement_timeout
                 )?;
                 match &settings.chap {
-                    Some(c) if c.username_in.is_some() => write!(f, " auth=CHAP(mutual) user={}", c.username),
+                    Some(c) if c.username_in.is_some() => {
+                        write!(f, " auth=CHAP(mutual) user={}", c.username)
+                    }
                     Some(c) => write!(f, " auth=CHAP user={}", c.username),
                     None => Ok(()),
                 }
             }
             Action::Login { session, .. } => write!(f, "log in to {session}"),
-            Action::Scan { session, host, lun } => write!(f, "scan LUN {lun} on host{host} ({session})"),
+            Action::Scan { session, host, lun } => {
+                write!(f, "scan LUN {lun} on host{host} ({session})")
+            }
             Action::RegisterWwid { wwid } => write!(f, "register WWID {wwid} with multipath"),
             Action::AddMap { wwid } => write!(f, "create multipath map {wwid}"),
             Action::AddPath { disk } => write!(f, "add path {disk} to its multipath map"),
             Action::DelPath { disk } => write!(f, "remove path {disk} from its multipath map"),
-            Action::DisableQueueing { map } => write!(f, "disable queueing on map {map} (no live path)"),
+            Action::DisableQueueing { map } => {
+                write!(f, "disable queueing on map {map} (no live path)")
+            }
             Action::FlushMap { map } => write!(f, "flush multipath map {map}"),
             Action::DeleteDevice { hctl, disk } => match disk {
                 Some(d) => write!(f, "delete SCSI device {hctl} ({d})"),

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{in_use, path_is_live, portal_addr, session_key, Action, ChapSettings, NodeSettings, Planner, Subject, Verdict};
+use super::{
+    in_use, path_is_live, portal_addr, session_key, Action, ChapSettings, NodeSettings, Planner,
+    Subject, Verdict,
+};
 use crate::desired::{Desired, Volume, VolumeState};
 use crate::observe::{LunDevice, Map, Observed, Session, Wwid};
 use crate::owned::{OwnedVolume, SessionKey};
@@ -46,14 +49,22 @@ pub(super) fn wanted_sessions(observed: &Observed, desired: &Desired) -> Wanted 
         blocked: BTreeMap::new(),
     };
     let mut conflicts: BTreeSet<SessionKey> = BTreeSet::new();
-    for volume in desired.volumes.iter().filter(|v| v.state == VolumeState::Present) {
+    for volume in desired
+        .volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Present)
+    {
         let settings = node_settings(volume);
         for portal in &volume.portals {
             let Some(addr) = portal_addr(observed, portal) else {
                 continue;
             };
             let key = session_key(volume, addr);
-            let timeout = volume.login_timeout.as_secs().try_into().unwrap_or(u32::MAX);
+            let timeout = volume
+                .login_timeout
+                .as_secs()
+                .try_into()
+                .unwrap_or(u32::MAX);
             match wanted.sessions.get_mut(&key) {
                 Some(want) => {
                     if want.settings != settings {
@@ -111,7 +122,9 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
                 },
             ]
         } else if !planner.owned.sessions.contains(key) {
-            vec![Action::AdoptSession { session: key.clone() }]
+            vec![Action::AdoptSession {
+                session: key.clone(),
+            }]
         } else {
             Vec::new()
         };
@@ -145,15 +158,26 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
             waiting.push(format!("no session to {}", key.portal));
         }
         for session in sessions {
-            let found: Vec<&LunDevice> = session.devices.iter().filter(|d| volume.lun.matches(d.hctl.lun)).collect();
+            let found: Vec<&LunDevice> = session
+                .devices
+                .iter()
+                .filter(|d| volume.lun.matches(d.hctl.lun))
+                .collect();
             match (found.is_empty(), session.host, session.state) {
-                (true, Some(host), crate::observe::SessionState::LoggedIn) => actions.push(Action::Scan {
-                    session: key.clone(),
-                    host,
-                    lun: volume.lun,
-                }),
-                (true, _, _) => waiting.push(format!("session {} to {} is {:?}", session.id, key.portal, session.state)),
-                (false, _, _) => paths.extend(found.into_iter().map(|device| Path { session, device })),
+                (true, Some(host), crate::observe::SessionState::LoggedIn) => {
+                    actions.push(Action::Scan {
+                        session: key.clone(),
+                        host,
+                        lun: volume.lun,
+                    })
+                }
+                (true, _, _) => waiting.push(format!(
+                    "session {} to {} is {:?}",
+                    session.id, key.portal, session.state
+                )),
+                (false, _, _) => {
+                    paths.extend(found.into_iter().map(|device| Path { session, device }))
+                }
             }
         }
     }
@@ -169,7 +193,13 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
     let record = OwnedVolume {
         target: volume.target.as_str().to_string(),
         lun: volume.lun,
-        wwid: identity.clone().or_else(|| planner.owned.volumes.get(&name).and_then(|o| o.wwid.clone())),
+        wwid: identity.clone().or_else(|| {
+            planner
+                .owned
+                .volumes
+                .get(&name)
+                .and_then(|o| o.wwid.clone())
+        }),
     };
     if planner.owned.volumes.get(&name) != Some(&record) {
         actions.insert(
@@ -184,9 +214,19 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
     }
 
     let stale = stale_paths(planner, volume, &keys);
-    let map = identity.as_ref().and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+    let map = identity
+        .as_ref()
+        .and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
     let verdict = if volume.multipath {
-        plan_multipath(planner, volume, &paths, identity.as_ref(), map, &mut actions, &mut waiting)
+        plan_multipath(
+            planner,
+            volume,
+            &paths,
+            identity.as_ref(),
+            map,
+            &mut actions,
+            &mut waiting,
+        )
     } else {
         single_path_verdict(&paths, &mut waiting)
     };
@@ -203,8 +243,15 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
 
 /// The volume's WWID, once a path shows it; refuses a LUN whose identity is not the expected one
 /// or has changed since lunkeeper attached it (a LUN number reused for other data).
-fn identity(volume: &Volume, paths: &[Path<'_>], owned: Option<&OwnedVolume>) -> Result<Option<Wwid>, String> {
-    let seen: BTreeSet<&Wwid> = paths.iter().filter_map(|p| p.device.wwid.as_ref()).collect();
+fn identity(
+    volume: &Volume,
+    paths: &[Path<'_>],
+    owned: Option<&OwnedVolume>,
+) -> Result<Option<Wwid>, String> {
+    let seen: BTreeSet<&Wwid> = paths
+        .iter()
+        .filter_map(|p| p.device.wwid.as_ref())
+        .collect();
     let mut seen = seen.into_iter();
     let Some(wwid) = seen.next() else {
         return Ok(None);
@@ -248,7 +295,10 @@ fn plan_multipath(
         if paths.is_empty() {
             waiting.push(format!("LUN {} not visible yet", volume.lun));
         } else {
-            waiting.push(format!("LUN {} shows no WWID yet (does the target export a unit serial?)", volume.lun));
+            waiting.push(format!(
+                "LUN {} shows no WWID yet (does the target export a unit serial?)",
+                volume.lun
+            ));
         }
         return Verdict::Pending(waiting.join("; "));
     };
@@ -263,10 +313,14 @@ fn plan_multipath(
         return Verdict::Pending(waiting.join("; "));
     };
     for path in paths {
-        let Some(disk) = &path.device.disk else { continue };
+        let Some(disk) = &path.device.disk else {
+            continue;
+        };
         let free = in_use(disk, &planner.observed.mounted, None).is_none();
         if path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name) && free {
-            actions.push(Action::AddPath { disk: disk.name.clone() });
+            actions.push(Action::AddPath {
+                disk: disk.name.clone(),
+            });
         }
     }
     if !map.dev.node_present {
@@ -276,7 +330,12 @@ fn plan_multipath(
     let live: Vec<&Path<'_>> = paths
         .iter()
         .filter(|p| path_is_live(p.session, p.device))
-        .filter(|p| p.device.disk.as_ref().is_some_and(|d| map.slaves.contains(&d.name)))
+        .filter(|p| {
+            p.device
+                .disk
+                .as_ref()
+                .is_some_and(|d| map.slaves.contains(&d.name))
+        })
         .collect();
     for p in paths.iter().filter(|p| !path_is_live(p.session, p.device)) {
         waiting.push(format!(
@@ -295,17 +354,28 @@ fn plan_multipath(
     } else if live.is_empty() {
         Verdict::Degraded(format!("no live path: {}", waiting.join("; ")))
     } else {
-        Verdict::Degraded(format!("{} of {} paths live: {}", live.len(), volume.portals.len(), waiting.join("; ")))
+        Verdict::Degraded(format!(
+            "{} of {} paths live: {}",
+            live.len(),
+            volume.portals.len(),
+            waiting.join("; ")
+        ))
     }
 }
 
 fn single_path_verdict(paths: &[Path<'_>], waiting: &mut Vec<String>) -> Verdict {
     match paths.first() {
-        Some(p) if path_is_live(p.session, p.device) && p.device.disk.as_ref().is_some_and(|d| d.node_present) => {
+        Some(p)
+            if path_is_live(p.session, p.device)
+                && p.device.disk.as_ref().is_some_and(|d| d.node_present) =>
+        {
             Verdict::Ready
         }
         Some(p) => {
-            waiting.push(format!("device {} is {} and not usable yet", p.device.hctl, p.device.state));
+            waiting.push(format!(
+                "device {} is {} and not usable yet",
+                p.device.hctl, p.device.state
+            ));
             Verdict::Pending(waiting.join("; "))
         }
         None => Verdict::Pending(waiting.join("; ")),
@@ -314,23 +384,40 @@ fn single_path_verdict(paths: &[Path<'_>], waiting: &mut Vec<String>) -> Verdict
 
 /// Paths of this volume's LUN on lunkeeper's sessions through portals the volume no longer
 /// lists: take them out of the map, then delete them.
-fn stale_paths(planner: &Planner<'_>, volume: &Volume, keys: &[SessionKey]) -> Result<Vec<Action>, String> {
+fn stale_paths(
+    planner: &Planner<'_>,
+    volume: &Volume,
+    keys: &[SessionKey],
+) -> Result<Vec<Action>, String> {
     let observed = planner.observed;
     let mut actions = Vec::new();
     for session in &observed.sessions {
-        let Some(portal) = session.portal else { continue };
+        let Some(portal) = session.portal else {
+            continue;
+        };
         let key = session_key(volume, portal);
-        if session.target != volume.target.as_str() || keys.contains(&key) || !planner.owned.sessions.contains(&key) {
+        if session.target != volume.target.as_str()
+            || keys.contains(&key)
+            || !planner.owned.sessions.contains(&key)
+        {
             continue;
         }
-        for device in session.devices.iter().filter(|d| volume.lun.matches(d.hctl.lun)) {
+        for device in session
+            .devices
+            .iter()
+            .filter(|d| volume.lun.matches(d.hctl.lun))
+        {
             if let Some(disk) = &device.disk {
                 let map = observed.maps.iter().find(|m| m.slaves.contains(&disk.name));
-                if let Some(reason) = in_use(disk, &observed.mounted, map.map(|m| m.dev.name.as_str())) {
+                if let Some(reason) =
+                    in_use(disk, &observed.mounted, map.map(|m| m.dev.name.as_str()))
+                {
                     return Err(format!("cannot remove the path through {portal}: {reason}"));
                 }
                 if map.is_some() {
-                    actions.push(Action::DelPath { disk: disk.name.clone() });
+                    actions.push(Action::DelPath {
+                        disk: disk.name.clone(),
+                    });
                 }
             }
             actions.push(Action::DeleteDevice {

@@ -39,7 +39,12 @@ pub(super) fn plan_volumes(planner: &mut Planner<'_>, desired: &Desired) {
         }
         if present.contains(&(record.target.as_str(), record.lun)) {
             // Renamed in the file: the new name takes it over, nothing is detached.
-            planner.lane(Subject::Volume(name.clone()), vec![Action::DisownVolume { volume: name.clone() }]);
+            planner.lane(
+                Subject::Volume(name.clone()),
+                vec![Action::DisownVolume {
+                    volume: name.clone(),
+                }],
+            );
             continue;
         }
         leaving.push(Leaving {
@@ -77,31 +82,46 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         .sessions
         .iter()
         .filter(|s| s.target == record.target)
-        .filter(|s| s.portal.is_some_and(|p| planner.owned.sessions.contains(&key(&record.target, p))))
+        .filter(|s| {
+            s.portal
+                .is_some_and(|p| planner.owned.sessions.contains(&key(&record.target, p)))
+        })
         .flat_map(|s| s.devices.iter().filter(|d| record.lun.matches(d.hctl.lun)))
         .collect();
     let wwid = record
         .wwid
         .clone()
         .or_else(|| paths.iter().find_map(|d| d.wwid.clone()));
-    let map = wwid.as_ref().and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+    let map = wwid
+        .as_ref()
+        .and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
 
     if let Some(reason) = busy(planner, &paths, map) {
-        planner.verdict(&volume.name, Verdict::Blocked(format!("in use, not detaching: {reason}")));
+        planner.verdict(
+            &volume.name,
+            Verdict::Blocked(format!("in use, not detaching: {reason}")),
+        );
         return;
     }
 
     let mut actions = Vec::new();
     if let Some(map) = map {
         let any_live = observed.sessions.iter().any(|s| {
-            s.devices
-                .iter()
-                .any(|d| path_is_live(s, d) && d.disk.as_ref().is_some_and(|k| map.slaves.contains(&k.name)))
+            s.devices.iter().any(|d| {
+                path_is_live(s, d)
+                    && d.disk
+                        .as_ref()
+                        .is_some_and(|k| map.slaves.contains(&k.name))
+            })
         });
         if !any_live {
-            actions.push(Action::DisableQueueing { map: map.name.clone() });
+            actions.push(Action::DisableQueueing {
+                map: map.name.clone(),
+            });
         }
-        actions.push(Action::FlushMap { map: map.name.clone() });
+        actions.push(Action::FlushMap {
+            map: map.name.clone(),
+        });
     }
     for device in &paths {
         actions.push(Action::DeleteDevice {
@@ -130,7 +150,11 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
 }
 
 /// Why the volume's map or any of its path devices cannot be taken away now.
-fn busy(planner: &Planner<'_>, paths: &[&LunDevice], map: Option<&crate::observe::Map>) -> Option<String> {
+fn busy(
+    planner: &Planner<'_>,
+    paths: &[&LunDevice],
+    map: Option<&crate::observe::Map>,
+) -> Option<String> {
     let mounted = &planner.observed.mounted;
     if let Some(reason) = map.and_then(|m| in_use(&m.dev, mounted, None)) {
         return Some(reason);
@@ -162,16 +186,24 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
         let mut actions = Vec::new();
         if sessions.is_empty() {
             if planner.has_node_record(key) && owned.nodes.contains(key) {
-                actions.push(Action::DeleteNode { session: key.clone() });
+                actions.push(Action::DeleteNode {
+                    session: key.clone(),
+                });
             } else {
-                actions.push(Action::ForgetSession { session: key.clone() });
+                actions.push(Action::ForgetSession {
+                    session: key.clone(),
+                });
             }
         } else if sessions.iter().all(|s| s.devices.is_empty()) {
             if owned.sessions.contains(key) {
-                actions.push(Action::Logout { session: key.clone() });
+                actions.push(Action::Logout {
+                    session: key.clone(),
+                });
             }
             if owned.nodes.contains(key) && planner.has_node_record(key) {
-                actions.push(Action::DeleteNode { session: key.clone() });
+                actions.push(Action::DeleteNode {
+                    session: key.clone(),
+                });
             }
         } else {
             let managed: BTreeSet<Lun> = owned
@@ -181,7 +213,11 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
                 .map(|v| v.lun)
                 .collect();
             for s in &sessions {
-                for d in s.devices.iter().filter(|d| !managed.iter().any(|l| l.matches(d.hctl.lun))) {
+                for d in s
+                    .devices
+                    .iter()
+                    .filter(|d| !managed.iter().any(|l| l.matches(d.hctl.lun)))
+                {
                     planner.plan.notes.push(format!(
                         "session {} ({key}) is no longer needed but carries {} (LUN {}), which lunkeeper does not manage; not logging out",
                         s.id, d.hctl, d.hctl.lun
@@ -211,7 +247,9 @@ pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
                         .sessions
                         .iter()
                         .filter(move |s| s.target == v.target.as_str())
-                        .flat_map(move |s| s.devices.iter().filter(move |d| v.lun.matches(d.hctl.lun)))
+                        .flat_map(move |s| {
+                            s.devices.iter().filter(move |d| v.lun.matches(d.hctl.lun))
+                        })
                 })
                 .filter_map(|d| d.wwid.as_ref()),
         )
@@ -226,7 +264,9 @@ pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
     }
     for a in actions {
         let subject = match &a {
-            Action::UnregisterWwid { wwid } | Action::ForgetWwid { wwid } => Subject::Volume(format!("wwid:{wwid}")),
+            Action::UnregisterWwid { wwid } | Action::ForgetWwid { wwid } => {
+                Subject::Volume(format!("wwid:{wwid}"))
+            }
             _ => continue,
         };
         planner.lane(subject, vec![a]);

@@ -67,7 +67,11 @@ pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
     };
     let wanted = attach::wanted_sessions(observed, desired);
     attach::plan_sessions(&mut planner, &wanted);
-    for volume in desired.volumes.iter().filter(|v| v.state == VolumeState::Present) {
+    for volume in desired
+        .volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Present)
+    {
         if wanted.blocked.contains_key(volume.name.as_str()) {
             continue;
         }
@@ -135,11 +139,19 @@ fn session_key(volume: &Volume, addr: SocketAddr) -> SessionKey {
 
 /// Why a block device cannot be taken away, if it cannot. `ignore_holder` is the map that is
 /// expected to hold a path device.
-fn in_use(dev: &BlockDev, mounted: &std::collections::BTreeSet<DevNum>, ignore_holder: Option<&str>) -> Option<String> {
+fn in_use(
+    dev: &BlockDev,
+    mounted: &std::collections::BTreeSet<DevNum>,
+    ignore_holder: Option<&str>,
+) -> Option<String> {
     if dev.devnums().any(|d| mounted.contains(&d)) {
         return Some(format!("{} (or a partition of it) is mounted", dev.name));
     }
-    if let Some(h) = dev.holders.iter().find(|h| Some(h.as_str()) != ignore_holder) {
+    if let Some(h) = dev
+        .holders
+        .iter()
+        .find(|h| Some(h.as_str()) != ignore_holder)
+    {
         return Some(format!("{} is held by {h}", dev.name));
     }
     for part in &dev.partitions {
@@ -152,5 +164,7 @@ fn in_use(dev: &BlockDev, mounted: &std::collections::BTreeSet<DevNum>, ignore_h
 
 /// A path device can carry I/O: its session is logged in, the SCSI device runs, the disk exists.
 fn path_is_live(session: &Session, dev: &LunDevice) -> bool {
-    session.state == crate::observe::SessionState::LoggedIn && dev.is_running() && dev.disk.is_some()
+    session.state == crate::observe::SessionState::LoggedIn
+        && dev.is_running()
+        && dev.disk.is_some()
 }

@@ -8,7 +8,12 @@ use crate::owned::{Owned, OwnedVolume};
 /// Records what `action` is about to take. Returns whether anything changed.
 pub fn claim(owned: &mut Owned, action: &Action) -> bool {
     match action {
-        Action::OwnVolume { volume, target, lun, wwid } => {
+        Action::OwnVolume {
+            volume,
+            target,
+            lun,
+            wwid,
+        } => {
             let record = OwnedVolume {
                 target: target.clone(),
                 lun: *lun,

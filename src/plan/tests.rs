@@ -46,8 +46,16 @@ fn a_fresh_host_gets_node_records_and_parallel_logins_first() {
     let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
     let p = plan(&d, &sim.snapshot(), &Owned::default());
     assert_eq!(p.lanes.len(), 3, "{p:#?}");
-    let session_lanes: Vec<&Lane> = p.lanes.iter().filter(|l| matches!(l.subject, Subject::Session(_))).collect();
-    assert_eq!(session_lanes.len(), 2, "one lane per portal, so logins run in parallel");
+    let session_lanes: Vec<&Lane> = p
+        .lanes
+        .iter()
+        .filter(|l| matches!(l.subject, Subject::Session(_)))
+        .collect();
+    assert_eq!(
+        session_lanes.len(),
+        2,
+        "one lane per portal, so logins run in parallel"
+    );
     for lane in session_lanes {
         assert!(matches!(lane.actions[0], Action::EnsureNode { .. }));
         assert!(matches!(lane.actions[1], Action::Login { .. }));
@@ -67,7 +75,10 @@ fn a_logged_in_session_gets_a_scan_of_exactly_the_wanted_lun() {
     let mut owned = Owned::default();
     owned.sessions.insert(key(TARGET_A, P1));
     let p = plan(&d, &sim.snapshot(), &owned);
-    let scans: Vec<&Action> = p.actions().filter(|a| matches!(a, Action::Scan { .. })).collect();
+    let scans: Vec<&Action> = p
+        .actions()
+        .filter(|a| matches!(a, Action::Scan { .. }))
+        .collect();
     assert_eq!(
         scans,
         vec![&Action::Scan {
@@ -89,12 +100,20 @@ fn attach_converges_to_a_map_with_every_path_and_then_plans_nothing() {
     assert_eq!(o.maps.len(), 1);
     assert_eq!(o.maps[0].slaves.len(), 2);
     assert_eq!(o.sessions.len(), 2);
-    assert!(o.sessions.iter().all(|s| s.devices.len() == 1 && s.devices[0].hctl.lun == 0));
+    assert!(o
+        .sessions
+        .iter()
+        .all(|s| s.devices.len() == 1 && s.devices[0].hctl.lun == 0));
     let p = plan(&d, &o, &owned);
     assert!(p.is_empty(), "{p:#?}");
     assert_eq!(p.volumes["db"], Verdict::Ready);
-    assert_eq!(owned.volumes["db"].wwid, Some(wwid("36001405aaaa000000000000000000000")));
-    assert!(owned.wwids.contains(&wwid("36001405aaaa000000000000000000000")));
+    assert_eq!(
+        owned.volumes["db"].wwid,
+        Some(wwid("36001405aaaa000000000000000000000"))
+    );
+    assert!(owned
+        .wwids
+        .contains(&wwid("36001405aaaa000000000000000000000")));
 }
 
 #[test]
@@ -136,7 +155,10 @@ fn absent_volume_is_taken_down_completely_and_others_are_untouched() {
 #[test]
 fn a_volume_dropped_from_the_file_is_detached_because_lunkeeper_owns_it() {
     let sim = network();
-    let d = desired(vec![volume("db", TARGET_A, &[P1], 0), volume("web", TARGET_A, &[P1], 1)]);
+    let d = desired(vec![
+        volume("db", TARGET_A, &[P1], 0),
+        volume("web", TARGET_A, &[P1], 1),
+    ]);
     let mut owned = Owned::default();
     converge(&sim, &d, &mut owned);
     let d = desired(vec![volume("web", TARGET_A, &[P1], 1)]);
@@ -171,8 +193,16 @@ fn a_mounted_map_is_not_detached() {
     sim.lock().observed.mounted.insert(devnum);
     let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
     let p = plan(&d, &sim.snapshot(), &owned);
-    assert!(!p.actions().any(|a| !a.is_bookkeeping()), "{:?}", actions(&p));
-    assert!(matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("mounted")), "{:?}", p.volumes);
+    assert!(
+        !p.actions().any(|a| !a.is_bookkeeping()),
+        "{:?}",
+        actions(&p)
+    );
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("mounted")),
+        "{:?}",
+        p.volumes
+    );
 }
 
 #[test]
@@ -190,7 +220,11 @@ fn a_held_path_device_is_not_detached() {
         .holders
         .push("md0".into());
     let p = plan(&desired(vec![absent(v)]), &sim.snapshot(), &owned);
-    assert!(matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("held by md0")), "{:?}", p.volumes);
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("held by md0")),
+        "{:?}",
+        p.volumes
+    );
     assert!(p.is_empty());
 }
 
@@ -207,8 +241,14 @@ fn a_map_without_live_paths_gets_queueing_disabled_before_the_flush() {
     let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
     let p = plan(&d, &sim.snapshot(), &owned);
     let a = actions(&p);
-    let dq = a.iter().position(|s| s.starts_with("disable queueing")).expect("disable queueing planned");
-    let flush = a.iter().position(|s| s.starts_with("flush")).expect("flush planned");
+    let dq = a
+        .iter()
+        .position(|s| s.starts_with("disable queueing"))
+        .expect("disable queueing planned");
+    let flush = a
+        .iter()
+        .position(|s| s.starts_with("flush"))
+        .expect("flush planned");
     assert!(dq < flush, "{a:?}");
 }
 
@@ -220,7 +260,10 @@ fn live_paths_do_not_get_queueing_disabled() {
     converge(&sim, &d, &mut owned);
     let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
     let a = actions(&plan(&d, &sim.snapshot(), &owned));
-    assert!(!a.iter().any(|s| s.starts_with("disable queueing")), "{a:?}");
+    assert!(
+        !a.iter().any(|s| s.starts_with("disable queueing")),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -230,7 +273,9 @@ fn a_session_matching_a_present_volume_is_adopted_without_logging_in_again() {
     let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
     let mut owned = Owned::default();
     let p = plan(&d, &sim.snapshot(), &owned);
-    assert!(p.actions().any(|a| matches!(a, Action::AdoptSession { .. })));
+    assert!(p
+        .actions()
+        .any(|a| matches!(a, Action::AdoptSession { .. })));
     assert!(!p.actions().any(|a| matches!(a, Action::Login { .. })));
     converge(&sim, &d, &mut owned);
     assert_eq!(sim.snapshot().sessions[0].id, id);
@@ -246,9 +291,14 @@ fn an_unexpected_identity_is_refused() {
     let mut owned = Owned::default();
     converge(&sim, &d, &mut owned);
     let o = sim.snapshot();
-    assert!(o.maps.is_empty(), "no map for a LUN with the wrong identity");
+    assert!(
+        o.maps.is_empty(),
+        "no map for a LUN with the wrong identity"
+    );
     assert!(o.registered_wwids.is_empty());
-    assert!(matches!(&plan(&d, &o, &owned).volumes["db"], Verdict::Blocked(r) if r.contains("expected")));
+    assert!(
+        matches!(&plan(&d, &o, &owned).volumes["db"], Verdict::Blocked(r) if r.contains("expected"))
+    );
 }
 
 #[test]
@@ -266,14 +316,22 @@ fn a_reused_lun_number_is_refused() {
         },
     );
     let p = plan(&d, &sim.snapshot(), &owned);
-    assert!(matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("reused")), "{:?}", p.volumes);
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("reused")),
+        "{:?}",
+        p.volumes
+    );
 }
 
 #[test]
 fn a_rename_moves_ownership_without_detaching() {
     let sim = network();
     let mut owned = Owned::default();
-    converge(&sim, &desired(vec![volume("db", TARGET_A, &[P1], 0)]), &mut owned);
+    converge(
+        &sim,
+        &desired(vec![volume("db", TARGET_A, &[P1], 0)]),
+        &mut owned,
+    );
     let d = desired(vec![volume("database", TARGET_A, &[P1], 0)]);
     let p = plan(&d, &sim.snapshot(), &owned);
     assert!(p.actions().all(Action::is_bookkeeping), "{:?}", actions(&p));
@@ -286,7 +344,11 @@ fn a_rename_moves_ownership_without_detaching() {
 fn a_portal_dropped_from_a_volume_loses_its_path_and_session() {
     let sim = network();
     let mut owned = Owned::default();
-    converge(&sim, &desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]), &mut owned);
+    converge(
+        &sim,
+        &desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]),
+        &mut owned,
+    );
     let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
     converge(&sim, &d, &mut owned);
     let o = sim.snapshot();
@@ -313,14 +375,21 @@ fn a_lun_above_255_matches_in_both_addressing_forms() {
     assert!(Lun(300).matches(300));
     assert!(Lun(300).matches(0x4000 | 300));
     assert!(!Lun(300).matches(44));
-    assert!(!Lun(5).matches(0x4005), "flat encoding applies to LUNs >= 256 only");
+    assert!(
+        !Lun(5).matches(0x4005),
+        "flat encoding applies to LUNs >= 256 only"
+    );
 }
 
 #[test]
 fn a_session_carrying_a_foreign_lun_is_not_logged_out() {
     let sim = network();
     let mut owned = Owned::default();
-    converge(&sim, &desired(vec![volume("db", TARGET_A, &[P1], 0)]), &mut owned);
+    converge(
+        &sim,
+        &desired(vec![volume("db", TARGET_A, &[P1], 0)]),
+        &mut owned,
+    );
     // Someone scanned LUN 1 onto lunkeeper's session by hand.
     let host = sim.snapshot().sessions[0].host.unwrap();
     futures::executor::block_on(crate::act::Host::execute(
@@ -335,10 +404,18 @@ fn a_session_carrying_a_foreign_lun_is_not_logged_out() {
     let d = desired(vec![absent(volume("db", TARGET_A, &[P1], 0))]);
     converge(&sim, &d, &mut owned);
     let o = sim.snapshot();
-    assert_eq!(o.sessions.len(), 1, "the session stays for the LUN nobody manages");
+    assert_eq!(
+        o.sessions.len(),
+        1,
+        "the session stays for the LUN nobody manages"
+    );
     assert_eq!(o.sessions[0].devices[0].hctl.lun, 1);
     let p = plan(&d, &o, &owned);
-    assert!(p.notes.iter().any(|n| n.contains("does not manage")), "{:?}", p.notes);
+    assert!(
+        p.notes.iter().any(|n| n.contains("does not manage")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[test]
@@ -354,7 +431,10 @@ fn plan_output_carries_no_secret() {
 fn a_mount_of_a_partition_counts_as_in_use() {
     let mut dev = crate::observe::BlockDev {
         name: "dm-0".into(),
-        devnum: DevNum { major: 253, minor: 0 },
+        devnum: DevNum {
+            major: 253,
+            minor: 0,
+        },
         size_sectors: 1,
         holders: vec![],
         partitions: vec![],
@@ -362,11 +442,19 @@ fn a_mount_of_a_partition_counts_as_in_use() {
     };
     let part = crate::observe::BlockDev {
         name: "dm-1".into(),
-        devnum: DevNum { major: 253, minor: 1 },
+        devnum: DevNum {
+            major: 253,
+            minor: 1,
+        },
         ..dev.clone()
     };
     dev.partitions.push(part);
-    let mounted = [DevNum { major: 253, minor: 1 }].into_iter().collect();
+    let mounted = [DevNum {
+        major: 253,
+        minor: 1,
+    }]
+    .into_iter()
+    .collect();
     assert!(in_use(&dev, &mounted, None).is_some());
     assert!(in_use(&dev, &Default::default(), None).is_none());
 }
@@ -379,7 +467,15 @@ mod properties {
     /// nothing to plan, and the foreign session is never touched.
     fn arb_state() -> impl Strategy<Value = Vec<(u32, bool, bool, u8)>> {
         // (lun, present, multipath, portals bitmask 1..=3)
-        proptest::collection::vec((prop_oneof![Just(0u32), Just(1), Just(300)], any::<bool>(), any::<bool>(), 1u8..=3), 0..4)
+        proptest::collection::vec(
+            (
+                prop_oneof![Just(0u32), Just(1), Just(300)],
+                any::<bool>(),
+                any::<bool>(),
+                1u8..=3,
+            ),
+            0..4,
+        )
     }
 
     fn to_desired(spec: &[(u32, bool, bool, u8)]) -> Desired {

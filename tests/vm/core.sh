@@ -193,16 +193,16 @@ cp /run/good.toml "$CONF"
 
 # ---- (i) a mounted volume set absent: refused, the mount keeps working.
 mkfs.ext4 -q -F "/dev/mapper/$W300"
-mkdir -p /mnt/db
-mount "/dev/mapper/$W300" /mnt/db
-echo before >/mnt/db/file
+mkdir -p /run/lk-mnt/db
+mount "/dev/mapper/$W300" /run/lk-mnt/db
+echo before >/run/lk-mnt/db/file
 sed -i '/^name = "db"$/a state = "absent"' "$CONF"
 lk_apply
 lk_check "i: apply refuses (non-zero exit)" test "$APPLY_RC" -ne 0
 lk_check "i: apply says the volume is in use" grep -Eq 'db .*blocked.*in use' "$APPLY_LOG"
 lk_check "i: map still has 2 slaves" lk_map_has_paths "$W300" 2
-lk_check "i: the mount still works" bash -c "echo after >>/mnt/db/file && sync && grep -q after /mnt/db/file && findmnt /mnt/db"
-umount /mnt/db
+lk_check "i: the mount still works" bash -c "echo after >>/run/lk-mnt/db/file && sync && grep -q after /run/lk-mnt/db/file && findmnt /run/lk-mnt/db"
+umount /run/lk-mnt/db
 
 # ---- (e) absent: map, SCSI devices, sessions, node records and WWID entry all gone.
 lk_apply

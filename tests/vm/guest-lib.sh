@@ -12,7 +12,28 @@
 #     $OUT/state-*.txt   lk_dump_state snapshots (automatic when a check fails)
 #
 # Every wait is a bounded poll (lk_wait_for); nothing sleeps a fixed time to synchronise.
-# All functions are safe under `set -euo pipefail`.
+# All functions are safe under `set -euo pipefail`. `nullglob` is on: an unmatched glob expands
+# to nothing (quote globs you pass to commands such as ls, or use bash -c '...').
+#
+# Functions (details above each one):
+#   stack     lk_boot_stack [--find-multipaths MODE | --multipath-conf FILE] [--initiator IQN]
+#   targets   lk_target NAME IQN [--luns "0 300"] [--portals "IP:PORT ..."] [--size 64M]
+#                [--chap U P [--mutual U P]] [--initiator IQN] [--tpg-per-portal]
+#             lk_wwid NAME LUN, lk_target_iqn NAME, lk_target_remove NAME,
+#             lk_tpg_enable IQN 0|1 [TPGT...], lk_portal_enable IQN PORTAL 0|1, lk_portal_tpg,
+#             lk_np_remove IQN PORTAL, lk_np_add IQN PORTAL [TPGT]
+#   checks    lk_check NAME CMD..., lk_check_eq NAME EXPECTED ACTUAL, lk_check_wait NAME SECS CMD...,
+#             lk_check_wwid NAME LUN sdX, lk_fact FILE TITLE CMD..., lk_finish
+#   waiting   lk_wait_for SECS CMD..., lk_timed VAR CMD...
+#   sysfs     lk_sessions [IQN], lk_session_for IQN PORTAL, lk_session_state SID,
+#             lk_session_host SID, lk_session_portal SID, lk_scan H "C T L", lk_host_devices H,
+#             lk_hctl_disk HCTL, lk_disks_of_wwid WWID, lk_disk_wwid sdX, lk_dm_of_wwid WWID,
+#             lk_dm_slaves dm-N, lk_map_has_paths WWID N, lk_mpathd CMD...
+#   teardown  lk_dump_state LABEL, lk_cleanup_all
+# Call multi-step functions (lk_boot_stack, lk_target, ...) directly, not through lk_check:
+# bash turns `set -e` off inside a command whose status is tested, so a failing step inside
+# would not stop them. A script that stops early is still judged: the EXIT trap records
+# "FAIL guest-script-completed" and writes the verdict.
 
 set -eEuo pipefail # -E: the ERR trap below also sees failures inside functions
 shopt -s nullglob
@@ -203,7 +224,9 @@ lk_fact() {
   mkdir -p "$(dirname "$file")"
   local rc=0 out
   out=$("$@" 2>&1) || rc=$?
+  # shellcheck disable=SC2034 # read by the calling script
   LK_FACT_RC=$rc
+  # shellcheck disable=SC2034
   LK_FACT_OUT=$out
   {
     echo "### $title"
@@ -265,10 +288,7 @@ lk_boot_stack() {
   done
   lk_log "boot stack: kernel $(uname -r)"
 
-  local m
-  for m in "${LK_MODULES[@]}"; do
-    modprobe "$m" || lk_die "modprobe $m failed"
-  done
+  modprobe -a "${LK_MODULES[@]}" || lk_die "modprobe -a ${LK_MODULES[*]} failed"
   if ! mountpoint -q /sys/kernel/config; then
     mount -t configfs configfs /sys/kernel/config
   fi
@@ -629,6 +649,17 @@ lk_wwid_from_sysfs() {
   esac
 }
 
+# lk_disk_wwid sdX: the multipath-form WWID of a disk, from /sys/block/sdX/device/wwid.
+lk_disk_wwid() {
+  lk_wwid_from_sysfs "$(cat "/sys/block/$1/device/wwid")"
+}
+
+# lk_check_wwid NAME LUN sdX: check that the disk's sysfs WWID is the one lk_target computed.
+lk_check_wwid() {
+  lk_check_eq "$3 (target $1 LUN $2) has the computed WWID $(lk_wwid "$1" "$2")" \
+    "$(lk_wwid "$1" "$2")" "$(lk_disk_wwid "$3" 2>&1)"
+}
+
 # lk_dm_of_wwid WWID: dm-N whose dm/uuid is mpath-WWID.
 lk_dm_of_wwid() {
   local d
@@ -696,7 +727,10 @@ lk_cleanup_all() {
       multipath -f "$name" >/dev/null 2>&1 || dmsetup remove --force "$name" >/dev/null 2>&1 || true
     fi
   done
+  # Delete the disks of live sessions (a delete on a blocked device of a FAILED session can
+  # hang until replacement_timeout; the logout below removes those instead).
   for s in $(lk_sessions); do
+    [[ "$(lk_session_state "$s")" == LOGGED_IN ]] || continue
     h=$(lk_session_host "$s")
     for d in /sys/class/scsi_device/"$h":*; do
       echo 1 >"$d/device/delete" || true

@@ -5,6 +5,8 @@
 # `multipathd add map`, 16 MiB of O_DIRECT I/O through it, and a full teardown. On the way it
 # saves the sysfs layouts, node record format, iscsiadm exit codes and multipathd replies that
 # lunkeeper depends on into $OUT/captures/ (copied by hand into tests/vm/captures/).
+# shellcheck disable=SC2016,SC2119 # bash -c '...' bodies expand in the child; no args to lk_boot_stack
+# shellcheck source=guest-lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/guest-lib.sh"
 
 CAP=$OUT/captures
@@ -55,9 +57,13 @@ lk_fact nodes.md "node record for portal 2, no tpgt" iscsiadm -m node -o new -T 
 lk_check_eq "iscsiadm -m node -o new -T IQN -p $P2 exits 0" 0 "$LK_FACT_RC"
 lk_fact nodes.md "layout of /etc/iscsi/nodes after -o new without tpgt" \
   find /etc/iscsi/nodes -printf '%y %m %P\n'
-REC1=$(find "/etc/iscsi/nodes/$IQN" -path "*/127.0.0.1,3260,*" -type f | head -n 1)
-REC2=$(find "/etc/iscsi/nodes/$IQN" -path "*/127.0.0.2,3260,*" -type f | head -n 1)
-lk_check "record files exist for both portals" test -f "$REC1" -a -f "$REC2"
+# Debian's open-iscsi 2.1.8: without a tpgt the record is a flat FILE named "IP,PORT" (no
+# ",TPGT" dir, no iface file below it).
+REC1=/etc/iscsi/nodes/$IQN/127.0.0.1,3260
+REC2=/etc/iscsi/nodes/$IQN/127.0.0.2,3260
+lk_check_eq "-o new without tpgt made flat record files nodes/IQN/IP,PORT" \
+  "$(printf 'd %s\nf %s\nf %s' "$IQN" "${REC1#/etc/iscsi/nodes/}" "${REC2#/etc/iscsi/nodes/}")" \
+  "$(find /etc/iscsi/nodes -mindepth 1 -printf '%y %P\n' | sort)"
 lk_fact nodes.md "set node.session.scan=manual on every record of the target" \
   iscsiadm -m node -T "$IQN" -o update -n node.session.scan -v manual
 lk_check "record for $P1 stores node.session.scan = manual" grep -qx 'node.session.scan = manual' "$REC1"
@@ -92,6 +98,7 @@ lk_check_eq "no LUN 0 disk (only LUN 300 scanned)" "" "$(lk_disks_of_wwid "$WWID
 lk_check_eq "sysfs wwid of $SD1 is naa.+NAA derived from the unit serial" "naa.${WWID#3}" \
   "$(cat "/sys/block/$SD1/device/wwid")"
 lk_check_eq "sysfs wwid of $SD2 is the same" "naa.${WWID#3}" "$(cat "/sys/block/$SD2/device/wwid")"
+lk_check_wwid smoke 300 "$SD2"
 lk_check_eq "udev ID_SERIAL of $SD1 is the WWID" "$WWID" \
   "$(udevadm info -q property -n "/dev/$SD1" | sed -n 's/^ID_SERIAL=//p')"
 lk_check_eq "scsi_id -g -u of $SD2 is the WWID" "$WWID" "$(/lib/udev/scsi_id -g -u -d "/dev/$SD2")"
@@ -179,13 +186,11 @@ capture_sysfs() {
       find "$hdir" \( -name power -o -name queue -o -name mq -o -name trace -o -name integrity \) -prune \
         -o -type l -printf 'l %P -> %l\n' -o -printf '%y %P\n' | sort -k2
       echo
-      echo "# attribute values"
-      for d in "$sdir/iscsi_session/session$s"/{targetname,tpgt,state,recovery_tmo,ifacename,initiatorname,creator,target_id,sid} \
-        "$sdir/connection$s:0/iscsi_connection/connection$s:0"/{persistent_address,persistent_port,address,port,state} \
-        "$sdir/target$h:0:0/$h:0:0:300"/{state,wwid,vendor,model,rev,type,queue_depth,timeout} \
-        "$sdir/target$h:0:0/$h:0:0:300/block/$sd"/{dev,size,ro,removable}; do
-        printf '%s = %s\n' "${d#"$hdir"/}" "$(tr '\n' ' ' <"$d" 2>&1 | sed 's/ $//')"
-      done
+      echo "# attribute values (path:value)"
+      (cd "$hdir" && grep -s -H '' "session$s/iscsi_session/session$s"/{targetname,tpgt,state,recovery_tmo,ifacename,initiatorname,creator,target_id,sid} \
+        "session$s/connection$s:0/iscsi_connection/connection$s:0"/{persistent_address,persistent_port,address,port,state} \
+        "session$s/target$h:0:0/$h:0:0:300"/{state,wwid,vendor,model,rev,type,queue_depth,timeout} \
+        "session$s/target$h:0:0/$h:0:0:300/block/$sd"/{dev,size,ro,removable}) || true
     } >"$f" 2>&1
   done
   f=$CAP/sysfs-dm.txt
@@ -199,9 +204,7 @@ capture_sysfs() {
       ls -la "$d" 2>&1 || true
     done
     echo
-    for d in "/sys/block/$DM/dm"/{name,uuid,suspended,use_blk_mq,rq_based_seq_io_merge_size} "/sys/block/$DM"/{dev,size}; do
-      [[ -e $d ]] && printf '%s = %s\n' "$d" "$(cat "$d")"
-    done
+    grep -s -H '' "/sys/block/$DM/dm"/{name,uuid,suspended,use_blk_mq} "/sys/block/$DM"/{dev,size} || true
     echo
     echo "\$ ls -l /dev/disk/by-id"
     ls -l /dev/disk/by-id 2>&1 || true
@@ -232,12 +235,15 @@ lk_check "-o delete record $P1" iscsiadm -m node -o delete -T "$IQN" -p "$P1"
 lk_check "-o delete record $P2" iscsiadm -m node -o delete -T "$IQN" -p "$P2"
 lk_fact multipath.md "multipath -w with a bare WWID" multipath -w "$WWID"
 lk_check_eq "multipath -w <bare WWID> exits 0" 0 "$LK_FACT_RC"
-lk_check "/etc/multipath/wwids no longer lists the WWID" bash -c '! grep -q "$1" /etc/multipath/wwids' _ "$WWID"
+lk_fact multipath.md "contents of /etc/multipath/wwids after multipath -w" cat /etc/multipath/wwids
+lk_check "/etc/multipath/wwids has no /WWID/ line any more" bash -c '! grep -qx "/$1/" /etc/multipath/wwids' _ "$WWID"
 lk_check_eq "no session of the smoke target left" "" "$(lk_sessions "$IQN")"
 lk_check_eq "no disk with the WWID left" "" "$(lk_disks_of_wwid "$WWID")"
 lk_check "no dm device for the WWID left" no_map "$WWID"
 lk_check_eq "no node record dir for the target left" "" "$(find /etc/iscsi/nodes -mindepth 1 -path "*$IQN*")"
-lk_check "multipathd shows no map" bash -c '! multipathd show maps raw format "%w" | grep -q .'
+lk_fact multipathd.md "show maps raw format when there is no map" multipathd show maps raw format "%n %w"
+lk_check "multipathd lists no map" bash -c '! grep -q "^3" <<<"$1"' _ "$LK_FACT_OUT"
+lk_fact multipathd.md "show maps json when there is no map" multipathd show maps json
 
 # ---- record format and -o new on an existing record (target "other") --------------------------
 lk_fact nodes.md "-o new (other target)" iscsiadm -m node -o new -T "$OTHER_IQN" -p "$P1"
@@ -263,7 +269,17 @@ lk_fact exit-codes.md "login to a portal with no record" timeout 60 iscsiadm -m 
 lk_fact exit-codes.md "-o delete of a record that does not exist" iscsiadm -m node -o delete -T "$OTHER_IQN" -p "$P2"
 lk_fact exit-codes.md "-o update of a record that does not exist" \
   iscsiadm -m node -o update -T "$OTHER_IQN" -p "$P2" -n node.session.scan -v manual
-lk_check "-o delete of the other target's record" iscsiadm -m node -o delete -T "$OTHER_IQN" -p "$P1"
+lk_fact nodes.md "-o new WITH a tpgt next to the record without one" \
+  iscsiadm -m node -o new -T "$OTHER_IQN" -p "$P1,1"
+lk_fact nodes.md "layout with a tpgt record and a no-tpgt record for the same portal" \
+  find "/etc/iscsi/nodes/$OTHER_IQN" -printf '%y %m %P\n'
+lk_fact nodes.md "iscsiadm -m node listing of both" iscsiadm -m node -T "$OTHER_IQN"
+lk_fact nodes.md "-o delete -p IP:PORT (no tpgt) when both records exist" \
+  iscsiadm -m node -o delete -T "$OTHER_IQN" -p "$P1"
+lk_fact nodes.md "layout after that -o delete" find /etc/iscsi/nodes -mindepth 1 -printf '%y %P\n'
+lk_check "-o delete -T (every portal) leaves no record dir of the other target" bash -c '
+  iscsiadm -m node -o delete -T "$1"; rc=$?
+  (( rc == 0 || rc == 21 )) && ! test -e "/etc/iscsi/nodes/$1"' _ "$OTHER_IQN"
 
 # ---- CHAP target: wrong password, mutual CHAP, already logged in, delete while logged in -------
 lk_check "-o new record for the CHAP target" iscsiadm -m node -o new -T "$CHAP_IQN" -p "$P1"
@@ -315,6 +331,6 @@ lk_target_remove other
 lk_target_remove chap
 lk_target_remove smoke
 lk_check_eq "lk_target_remove left no target or backstore in configfs" "" \
-  "$(find "$LK_CFG/iscsi" "$LK_CFG/core/$LK_FILEIO_HBA" -mindepth 1 -maxdepth 1 -type d)"
+  "$(find "$LK_CFG/iscsi" -mindepth 1 -maxdepth 1 -name 'iqn.*'; find "$LK_CFG/core/$LK_FILEIO_HBA" -mindepth 1 -maxdepth 1 -type d)"
 
 lk_finish

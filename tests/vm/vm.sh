@@ -42,7 +42,8 @@ if [[ ! -x $VNG ]]; then
   exit 3
 fi
 # vng runs virtme-run from its own venv: put that bin dir first.
-export PATH="$(dirname "$VNG"):$PATH"
+VNG_BIN=$(dirname "$VNG")
+export PATH="$VNG_BIN:$PATH"
 
 KERNEL=${LK_VM_KERNEL:-}
 if [[ -z $KERNEL ]]; then
@@ -66,6 +67,7 @@ fi
 # The command vng runs: a launcher in the shared dir, so arguments and environment survive
 # the trip through the kernel command line untouched.
 LAUNCHER=$OUTDIR/.launch.sh
+# shellcheck disable=SC2016 # the single-quoted $ expressions are for the guest shell
 {
   echo '#!/bin/bash'
   printf 'export OUT=%q LK_VM_DIR=%q LK_REPO=%q LUNKEEPER_BIN=%q\n' "$OUTDIR" "$HERE" "$REPO" "$LUNKEEPER_BIN"
@@ -86,7 +88,7 @@ echo "vm.sh: kernel $KERNEL, results in $OUTDIR, timeout ${TIMEOUT}s"
 t0=$(date +%s)
 set +e
 timeout --kill-after=30 "$TIMEOUT" \
-  "$VNG" -r "$KERNEL" --disable-kvm --memory "${LK_VM_MEMORY:-1G}" --cpus "${LK_VM_CPUS:-2}" \
+  "$VNG" -r "$KERNEL" --user root --disable-kvm --memory "${LK_VM_MEMORY:-1G}" --cpus "${LK_VM_CPUS:-2}" \
   --rwdir "$OUTDIR" -- "$LAUNCHER" </dev/null 2>&1 | tee "$OUTDIR/console.log"
 vm_rc=${PIPESTATUS[0]}
 set -e

@@ -1,0 +1,3 @@
+//! The long-running daemon.
+
+pub mod watch;
