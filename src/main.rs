@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -113,7 +114,8 @@ fn main() -> ExitCode {
             return ExitCode::from(CANNOT_RUN);
         }
     };
-    match runtime.block_on(run(&cli, &desired)) {
+    let local = tokio::task::LocalSet::new();
+    match runtime.block_on(local.run_until(run(&cli, &desired))) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lunkeeper: {e:#}");
@@ -123,10 +125,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
-    let host = RealHost::new(RealHostConfig {
+    let host = Rc::new(RealHost::new(RealHostConfig {
         root: cli.root.clone(),
         ..RealHostConfig::default()
-    });
+    }));
     let store = OwnedStore::new(&cli.state_dir);
     match cli.command {
         Command::Validate => Ok(ExitCode::SUCCESS),
@@ -166,7 +168,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout),
                 ..ApplyOptions::default()
             };
-            let report = apply::apply(&host, desired, &store, &opts).await?;
+            let report = apply::apply(Rc::clone(&host), desired, &store, &opts).await?;
             let status = Status::build(desired, &report.observed, &report.volumes);
             if !json {
                 let changed = report

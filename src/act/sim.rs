@@ -70,6 +70,7 @@ fn blockdev(name: String, devnum: DevNum) -> BlockDev {
         holders: Vec::new(),
         partitions: Vec::new(),
         node_present: true,
+        udev_initialized: true,
     }
 }
 

@@ -95,6 +95,7 @@ impl FixtureTree {
             "sys/devices/virtual/block",
             "dev/mapper",
             "proc/self",
+            "run/udev/data",
         ] {
             fs::create_dir_all(root.join(dir))?;
         }
@@ -482,6 +483,11 @@ impl FixtureTree {
         self.link(&format!("sys/class/block/{name}"), dir)?;
         self.link(&format!("sys/dev/block/{major}:{minor}"), dir)?;
         fs::write(self.root.join("dev").join(name), "")?;
+        // udev's database entry: the device has been processed.
+        fs::write(
+            self.root.join(format!("run/udev/data/b{major}:{minor}")),
+            "",
+        )?;
         self.blocks.insert(
             name.to_string(),
             BlockInfo {

@@ -131,6 +131,9 @@ pub struct BlockDev {
     pub partitions: Vec<BlockDev>,
     /// Whether the device node exists under `/dev` (udev has caught up).
     pub node_present: bool,
+    /// Whether udev has processed the device (its database entry exists). multipathd learns of
+    /// a path only from udev, so asking it about a path before that fails.
+    pub udev_initialized: bool,
 }
 
 impl BlockDev {

@@ -98,6 +98,8 @@ struct BlockIndex {
     /// pair together (`bd_link_disk_holder`), and only dm and md, both virtual, make them.
     holders: HashMap<String, Vec<String>>,
     dev_nodes: HashSet<String>,
+    /// Entries of `run/udev/data` (`b8:16`): devices udev has processed.
+    udev_data: HashSet<String>,
     mapper_nodes: HashSet<String>,
 }
 
@@ -175,6 +177,9 @@ impl BlockIndex {
         }
         ix.holders.values_mut().for_each(|h| h.sort());
         ix.dev_nodes = top_level_names(&root.join("dev"))?.into_iter().collect();
+        ix.udev_data = top_level_names(&root.join("run/udev/data"))?
+            .into_iter()
+            .collect();
         ix.mapper_nodes = top_level_names(&root.join("dev/mapper"))?
             .into_iter()
             .collect();
@@ -221,6 +226,9 @@ impl BlockIndex {
             holders: self.holders.get(name).cloned().unwrap_or_default(),
             partitions,
             node_present,
+            udev_initialized: self
+                .udev_data
+                .contains(&format!("b{}:{}", devnum.major, devnum.minor)),
         })
     }
 }
@@ -715,6 +723,7 @@ mod tests {
             holders: holders.iter().map(|h| h.to_string()).collect(),
             partitions: Vec::new(),
             node_present: true,
+            udev_initialized: true,
         }
     }
 
@@ -777,6 +786,7 @@ mod tests {
                     holders: Vec::new(),
                     partitions: Vec::new(),
                     node_present: true,
+                    udev_initialized: true,
                 },
                 slaves: vec!["sda".to_string(), "sdb".to_string()],
                 suspended: false,
@@ -1338,6 +1348,35 @@ mod tests {
 
         fs::remove_file(&path)?;
         assert_eq!(observe(dir.path())?.mounted, BTreeSet::new());
+        Ok(())
+    }
+
+    #[test]
+    fn a_disk_udev_has_not_processed_is_not_initialized() -> TestResult {
+        let dir = TempDir::new()?;
+        let mut t = FixtureTree::new(dir.path())?;
+        t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
+        t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
+        t.lun(1, 1, Some("sdb"), Some(NAA_B), "running")?;
+        let sdb = observe(dir.path())?.sessions[0].devices[1]
+            .disk
+            .clone()
+            .ok_or("no sdb")?;
+        fs::remove_file(dir.path().join(format!("run/udev/data/b{}", sdb.devnum)))?;
+        let o = observe(dir.path())?;
+        let disks: Vec<(String, bool)> = o.sessions[0]
+            .devices
+            .iter()
+            .filter_map(|d| {
+                d.disk
+                    .as_ref()
+                    .map(|k| (k.name.clone(), k.udev_initialized))
+            })
+            .collect();
+        assert_eq!(
+            disks,
+            vec![("sda".to_string(), true), ("sdb".to_string(), false)]
+        );
         Ok(())
     }
 

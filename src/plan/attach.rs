@@ -306,10 +306,16 @@ fn plan_multipath(
         actions.push(Action::RegisterWwid { wwid: wwid.clone() });
     }
     let Some(map) = map else {
-        if paths.iter().any(|p| p.device.disk.is_some()) {
+        // multipathd hears of a path only from udev: asking for the map earlier fails.
+        let known = paths
+            .iter()
+            .any(|p| p.device.disk.as_ref().is_some_and(|d| d.udev_initialized));
+        if known {
             actions.push(Action::AddMap { wwid: wwid.clone() });
+            waiting.push(format!("multipath map {wwid} not formed yet"));
+        } else {
+            waiting.push(format!("udev has not processed the paths of {wwid} yet"));
         }
-        waiting.push(format!("multipath map {wwid} not formed yet"));
         return Verdict::Pending(waiting.join("; "));
     };
     for path in paths {
@@ -317,7 +323,8 @@ fn plan_multipath(
             continue;
         };
         let free = in_use(disk, &planner.observed.mounted, None).is_none();
-        if path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name) && free {
+        let wanted = path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name);
+        if wanted && free && disk.udev_initialized {
             actions.push(Action::AddPath {
                 disk: disk.name.clone(),
             });

@@ -117,6 +117,41 @@ fn attach_converges_to_a_map_with_every_path_and_then_plans_nothing() {
 }
 
 #[test]
+fn no_map_is_requested_before_udev_has_processed_a_path() {
+    let sim = network();
+    let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+    sim.lock().login_by_hand(TARGET_A, addr(P1), &[0]);
+    let mut owned = Owned::default();
+    owned.sessions.insert(key(TARGET_A, P1));
+    let mut o = sim.snapshot();
+    o.registered_wwids
+        .insert(wwid("36001405aaaa000000000000000000000"));
+    o.sessions[0].devices[0]
+        .disk
+        .as_mut()
+        .unwrap()
+        .udev_initialized = false;
+    let p = plan(&d, &o, &owned);
+    assert!(
+        !p.actions().any(|a| matches!(a, Action::AddMap { .. })),
+        "{:?}",
+        actions(&p)
+    );
+    assert!(matches!(&p.volumes["db"], Verdict::Pending(r) if r.contains("udev")));
+    o.sessions[0].devices[0]
+        .disk
+        .as_mut()
+        .unwrap()
+        .udev_initialized = true;
+    let p = plan(&d, &o, &owned);
+    assert!(
+        p.actions().any(|a| matches!(a, Action::AddMap { .. })),
+        "{:?}",
+        actions(&p)
+    );
+}
+
+#[test]
 fn single_path_without_multipath_is_ready_without_a_map() {
     let sim = network();
     let mut v = volume("logs", TARGET_A, &[P1], 1);
@@ -439,6 +474,7 @@ fn a_mount_of_a_partition_counts_as_in_use() {
         holders: vec![],
         partitions: vec![],
         node_present: true,
+        udev_initialized: true,
     };
     let part = crate::observe::BlockDev {
         name: "dm-1".into(),

@@ -1,0 +1,67 @@
+//! When an action may run again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::plan::{Action, Plan};
+
+/// A request that takes effect later is given time to land before it is sent again; a failed
+/// action is retried with exponential backoff (capped), so one volume's trouble neither spins
+/// the loop nor delays the others. Success resets the backoff.
+#[derive(Debug, Default)]
+pub(super) struct Holds {
+    until: HashMap<Action, Instant>,
+    failures: HashMap<Action, u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub first: Duration,
+    pub cap: Duration,
+    /// How long a request that takes effect later (a scan, a map, a path) is given.
+    pub settle: Duration,
+}
+
+impl Holds {
+    pub fn succeeded(&mut self, action: &Action, policy: &RetryPolicy) {
+        self.failures.remove(action);
+        if action.takes_effect_later() {
+            self.until
+                .insert(action.clone(), Instant::now() + policy.settle);
+        } else {
+            self.until.remove(action);
+        }
+    }
+
+    pub fn failed(&mut self, action: &Action, policy: &RetryPolicy) {
+        let n = self.failures.entry(action.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let delay = policy
+            .first
+            .saturating_mul(1 << (*n - 1).min(16))
+            .min(policy.cap);
+        self.until.insert(action.clone(), Instant::now() + delay);
+    }
+
+    /// The earliest moment a held action becomes runnable again.
+    pub fn next_release(&self) -> Option<Instant> {
+        self.until.values().min().copied()
+    }
+
+    /// Removes held actions from the plan. A lane holding a failed action waits as a whole:
+    /// what precedes it was done already, and what follows depends on it. An action that is
+    /// only settling is skipped alone.
+    pub fn apply(&mut self, plan: &mut Plan) {
+        let now = Instant::now();
+        self.until.retain(|_, t| *t > now);
+        let failed_held = |a: &Action| self.until.contains_key(a) && self.failures.contains_key(a);
+        plan.lanes
+            .retain(|lane| !lane.actions.iter().any(failed_held));
+        for lane in plan.lanes.iter_mut() {
+            lane.actions.retain(|a| !self.until.contains_key(a));
+        }
+        plan.lanes.retain(|l| !l.actions.is_empty());
+    }
+}

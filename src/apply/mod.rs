@@ -1,0 +1,284 @@
+//! Driving the engine: `lunkeeper apply` runs passes until the host converges, nothing more can
+//! be done without an operator, or the timeout passes. The daemon drives the same engine from
+//! events. Neither owns a decision: they run what `plan` returns.
+
+mod engine;
+mod holds;
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+pub use engine::{Engine, Pass};
+pub use holds::RetryPolicy;
+
+use crate::act::{Host, ObserveFailure};
+use crate::desired::Desired;
+use crate::observe::Observed;
+use crate::owned::{OwnedError, OwnedStore};
+use crate::plan::{Action, Subject, Verdict};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Give up (and report why) after this long.
+    pub timeout: Duration,
+    /// How often to look again while waiting on the kernel, udev or multipathd.
+    pub poll: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            timeout: Duration::from_secs(120),
+            poll: Duration::from_millis(50),
+            retry: RetryPolicy {
+                first: Duration::from_millis(100),
+                cap: Duration::from_secs(5),
+                settle: Duration::from_secs(3),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Observe(#[from] ObserveFailure),
+    #[error(transparent)]
+    Owned(#[from] OwnedError),
+}
+
+/// How one volume ended up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeResult {
+    pub verdict: Verdict,
+    /// The last error an action for this volume met, while it is not settled.
+    pub error: Option<String>,
+    /// An error retrying cannot fix (bad CHAP secret, target refused the initiator).
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub converged: bool,
+    pub volumes: BTreeMap<String, VolumeResult>,
+    pub notes: Vec<String>,
+    /// What was done, in the order it finished.
+    pub executed: Vec<Executed>,
+    /// The last snapshot the verdicts were judged on.
+    pub observed: Observed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Executed {
+    pub subject: Subject,
+    pub action: Action,
+    pub changed: bool,
+}
+
+/// Runs passes until every volume is where the file says, nothing more can be done without an
+/// operator, or the timeout passes. Must run inside a `LocalSet`.
+pub async fn apply<H: Host + 'static>(
+    host: Rc<H>,
+    desired: &Desired,
+    store: &OwnedStore,
+    opts: &ApplyOptions,
+) -> Result<Report, ApplyError> {
+    let mut engine = Engine::new(host, store.clone(), opts.retry)?;
+    let deadline = Instant::now() + opts.timeout;
+    loop {
+        let pass = engine.pass(desired).await?;
+        let waiting = pass.waiting(engine.failed());
+        let timed_out = Instant::now() >= deadline;
+        if (pass.started == 0 && !engine.is_running() && !waiting) || timed_out {
+            if timed_out {
+                // Killing the children of unfinished lanes; what they did is re-planned next time.
+                engine.abandon().await;
+            }
+            let volumes = engine.results(&pass.plan);
+            let converged = volumes
+                .values()
+                .all(|v| v.verdict.is_settled() && !v.failed);
+            return Ok(Report {
+                converged,
+                volumes,
+                notes: pass.plan.notes,
+                executed: engine.executed().to_vec(),
+                observed: pass.observed,
+            });
+        }
+        // Look again when a lane finishes or the poll interval passes, whichever is first:
+        // the kernel, udev and multipathd move on their own too.
+        tokio::select! {
+            finished = engine.finish_one(), if engine.is_running() => { finished?; }
+            _ = tokio::time::sleep(opts.poll) => {}
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::sim::SimHost;
+    use crate::testkit::*;
+
+    fn opts() -> ApplyOptions {
+        ApplyOptions {
+            timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(1),
+            retry: RetryPolicy {
+                first: Duration::from_millis(1),
+                cap: Duration::from_millis(50),
+                settle: Duration::from_millis(100),
+            },
+        }
+    }
+
+    async fn run(sim: &Rc<SimHost>, d: &Desired, store: &OwnedStore) -> Report {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(apply(Rc::clone(sim), d, store, &opts()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_converges_and_a_second_apply_does_nothing() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![
+            volume("db", TARGET_A, &[P1, P2], 0),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
+        let r = run(&sim, &d, &store).await;
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(r.volumes["db"].verdict, Verdict::Ready);
+        assert_eq!(sim.snapshot().maps.len(), 2);
+        let logins = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| matches!(a, Action::Login { .. }))
+            .count();
+        assert_eq!(
+            logins, 2,
+            "two volumes on the same portals share two sessions"
+        );
+
+        let before = sim.lock().log.len();
+        let r = run(&sim, &d, &store).await;
+        assert!(r.converged);
+        assert!(r.executed.is_empty(), "{:?}", r.executed);
+        assert_eq!(sim.lock().log.len(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_chap_user_fails_the_volume_and_leaves_nothing_behind() {
+        let sim = Rc::new(network());
+        sim.lock().targets.get_mut(TARGET_A).unwrap().chap_user = Some("alice".into());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![with_chap(
+            volume("db", TARGET_A, &[P1, P2], 0),
+            "mallory",
+        )]);
+        let r = run(&sim, &d, &store).await;
+        assert!(!r.converged);
+        let db = &r.volumes["db"];
+        assert!(db.failed);
+        assert!(
+            db.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("authentication failed"),
+            "{db:?}"
+        );
+        let o = sim.snapshot();
+        assert!(o.sessions.is_empty());
+        assert!(o.node_records.is_empty(), "{:?}", o.node_records);
+        assert!(store.load().unwrap().is_empty());
+        let logins = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| matches!(a, Action::Login { .. }))
+            .count();
+        assert_eq!(logins, 2, "an authentication failure is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_portal_leaves_the_volume_degraded_and_apply_times_out() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, "127.0.0.9:3260"], 0)]);
+        let r = run(&sim, &d, &store).await;
+        assert!(!r.converged);
+        let db = &r.volumes["db"];
+        assert!(matches!(db.verdict, Verdict::Degraded(_)), "{db:?}");
+        assert!(
+            db.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("transport timeout"),
+            "{db:?}"
+        );
+        assert_eq!(
+            sim.snapshot().maps[0].slaves.len(),
+            1,
+            "the reachable path is in use meanwhile"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_lands_later_is_not_repeated_while_it_settles() {
+        let sim = Rc::new(network());
+        // The second path appears only after the map exists, so it has to be added to it.
+        sim.lock()
+            .targets
+            .get_mut(TARGET_A)
+            .unwrap()
+            .portals
+            .retain(|p| *p == addr(P1));
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        assert!(run(&sim, &d, &store).await.converged);
+        let disk = {
+            let mut w = sim.lock();
+            w.targets.get_mut(TARGET_A).unwrap().portals.push(addr(P2));
+            w.observed.registered_wwids.clear();
+            w.login_by_hand(TARGET_A, addr(P2), &[0]);
+            w.add_path_lag = 20;
+            w.observed.sessions[1].devices[0].disk.clone().unwrap().name
+        };
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let r = run(&sim, &d, &store).await;
+        assert!(r.converged, "{:?}", r.volumes);
+        let adds = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| **a == Action::AddPath { disk: disk.clone() })
+            .count();
+        assert!((1..=2).contains(&adds), "add path sent {adds} times");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ownership_is_recorded_before_acting() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        run(&sim, &d, &store).await;
+        let owned = store.load().unwrap();
+        assert!(owned.volumes.contains_key("db"));
+        assert_eq!(owned.sessions.len(), 1);
+        assert_eq!(owned.nodes.len(), 1);
+        assert_eq!(owned.wwids.len(), 1);
+    }
+}
