@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lunkeeper::act::{Host, RealHost, RealHostConfig};
 use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
+use lunkeeper::daemon::{DaemonOptions, DaemonStatus};
 use lunkeeper::desired::{self, Desired};
 use lunkeeper::owned::OwnedStore;
 use lunkeeper::plan;
@@ -42,6 +43,14 @@ struct Cli {
         default_value = "/var/lib/lunkeeper"
     )]
     state_dir: PathBuf,
+    /// Where the daemon keeps status.json and its lock.
+    #[arg(
+        long,
+        global = true,
+        env = "LUNKEEPER_RUNTIME_DIR",
+        default_value = "/run/lunkeeper"
+    )]
+    runtime_dir: PathBuf,
     /// Root of the file system to read sysfs, /dev and /proc under (tests only).
     #[arg(long, global = true, default_value = "/", hide = true)]
     root: PathBuf,
@@ -66,11 +75,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show how each volume stands.
+    /// Show how each volume stands (from the daemon while it runs).
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a daemon: keep the host converged, reacting to udev events and config edits.
+    Run,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +99,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if let Command::Run = cli.command {
+        return run_daemon(&cli);
+    }
+    if let Command::Status { json } = cli.command {
+        if lunkeeper::daemon::daemon_running(&cli.runtime_dir) {
+            return daemon_status(&cli.runtime_dir, json);
+        }
+    }
     let desired = match desired::load(&cli.config) {
         Ok(d) => d,
         Err(e) => {
@@ -131,7 +150,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
     }));
     let store = OwnedStore::new(&cli.state_dir);
     match cli.command {
-        Command::Validate => Ok(ExitCode::SUCCESS),
+        Command::Validate | Command::Run => Ok(ExitCode::SUCCESS),
         Command::Plan { json } => {
             let observed = host.observe(desired).await?;
             let owned = store.load()?;
@@ -190,6 +209,79 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::from(NOT_CONVERGED))
             }
+        }
+    }
+}
+
+fn run_daemon(cli: &Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lunkeeper: cannot start the runtime: {e}");
+            return ExitCode::from(CANNOT_RUN);
+        }
+    };
+    let host = Rc::new(RealHost::new(RealHostConfig {
+        root: cli.root.clone(),
+        ..RealHostConfig::default()
+    }));
+    let opts = DaemonOptions::new(
+        cli.config.clone(),
+        cli.state_dir.clone(),
+        cli.runtime_dir.clone(),
+    );
+    let local = tokio::task::LocalSet::new();
+    match runtime.block_on(local.run_until(lunkeeper::daemon::run(host, opts))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lunkeeper: {e}");
+            ExitCode::from(CANNOT_RUN)
+        }
+    }
+}
+
+/// The daemon's own view, so `status` agrees with it (including a rejected config).
+fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
+    let path = runtime_dir.join(lunkeeper::daemon::STATUS_FILE);
+    let status: DaemonStatus = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "lunkeeper: the daemon runs but {} is unreadable: {e}",
+                path.display()
+            );
+            return ExitCode::from(CANNOT_RUN);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("lunkeeper: {e}");
+                return ExitCode::from(CANNOT_RUN);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(e) = &status.config.error {
+        println!("config REJECTED (the last good one is in force): {e}");
+    }
+    match print_status(
+        &Status {
+            volumes: status.volumes,
+        },
+        false,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lunkeeper: {e}");
+            ExitCode::from(CANNOT_RUN)
         }
     }
 }

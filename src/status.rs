@@ -3,23 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apply::VolumeResult;
 use crate::desired::{Desired, PortalHost, Volume, VolumeState};
 use crate::observe::{Observed, SessionState, Wwid};
 use crate::plan::Verdict;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub volumes: Vec<VolumeStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeStatus {
     pub name: String,
     /// ready, degraded, pending, failed, blocked or absent.
-    pub state: &'static str,
+    pub state: String,
     /// What a user opens: `/dev/mapper/<map>` or `/dev/sdX`; null while there is none.
     pub device: Option<String>,
     pub wwid: Option<Wwid>,
@@ -27,7 +27,7 @@ pub struct VolumeStatus {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathStatus {
     pub portal: String,
     /// The iSCSI session id (N of sessionN).
@@ -35,7 +35,7 @@ pub struct PathStatus {
     /// The path's disk, `sdX`.
     pub device: Option<String>,
     /// active, down or missing.
-    pub state: &'static str,
+    pub state: String,
 }
 
 impl Status {
@@ -98,7 +98,7 @@ fn volume_status(
                 portal: portal.to_string(),
                 session: session.map(|s| s.id),
                 device: device.and_then(|d| d.disk.as_ref().map(|k| k.name.clone())),
-                state,
+                state: state.to_string(),
             }
         })
         .collect();
@@ -152,7 +152,7 @@ fn volume_status(
     };
     VolumeStatus {
         name: volume.name.to_string(),
-        state,
+        state: state.to_string(),
         device,
         wwid,
         paths,

@@ -9,6 +9,7 @@ use super::multipathd::{Multipathd, Reply};
 use super::sysfs::{self, SysfsError};
 use super::{ActError, Host, ObserveFailure, Outcome};
 use crate::desired::{Desired, PortalHost};
+use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
 use crate::owned::SessionKey;
 use crate::plan::{Action, NodeSettings};
@@ -168,6 +169,28 @@ impl RealHost {
         }
     }
 
+    /// Writes the mapping the udev rule imports, then asks udev to process the device again
+    /// (what `udevadm trigger --action=change` does), so the link appears now.
+    async fn name_device(
+        &self,
+        key: &str,
+        volume: &str,
+        device: &str,
+    ) -> Result<Outcome, ActError> {
+        let path = self.config.root.join(NAMES_DIR).join(key);
+        let line = format!("LUNKEEPER_VOLUME={volume}\n");
+        crate::owned::write_atomic(&path, line.as_bytes(), 0o644)
+            .map_err(|source| ActError::Record { path, source })?;
+        let uevent = self
+            .config
+            .root
+            .join("sys/class/block")
+            .join(device)
+            .join("uevent");
+        sysfs::write_attr(uevent, "change".into(), self.config.scan_timeout).await?;
+        Ok(Outcome::Changed)
+    }
+
     fn map_exists(&self, name: &str) -> bool {
         self.config.root.join("dev/mapper").join(name).exists()
     }
@@ -263,6 +286,19 @@ impl Host for RealHost {
             },
             Action::DeleteDevice { hctl, disk } => self.delete_device(hctl, disk.as_deref()).await,
             Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),
+            Action::NameDevice {
+                key,
+                volume,
+                device,
+            } => self.name_device(key, volume, device).await,
+            Action::UnnameDevice { key } => {
+                let path = c.root.join(NAMES_DIR).join(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(Outcome::Changed),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outcome::AlreadySo),
+                    Err(source) => Err(ActError::Record { path, source }),
+                }
+            }
             Action::DeleteNode { session } => Ok(done(c.iscsiadm.delete_node(session).await?)),
             // Bookkeeping is matched above; listed so a new action cannot be forgotten here.
             Action::OwnVolume { .. }

@@ -343,6 +343,14 @@ impl SimWorld {
                 Ok(Outcome::Changed)
             }
             Action::DisableQueueing { .. } => Ok(Outcome::Changed),
+            Action::NameDevice { key, volume, .. } => {
+                self.observed.names.insert(key.clone(), volume.clone());
+                Ok(Outcome::Changed)
+            }
+            Action::UnnameDevice { key } => {
+                self.observed.names.remove(key);
+                Ok(Outcome::Changed)
+            }
             Action::FlushMap { map } => {
                 let mounted = &self.observed.mounted;
                 if let Some(m) = self.observed.maps.iter().find(|m| &m.name == map) {

@@ -1,11 +1,13 @@
 //! The desired-state file: schema, parsing and validation into typed values. Pure: no I/O
 //! beyond reading the file, no DNS, no secrets loaded.
 
+mod diff;
 mod error;
 mod parse;
 mod portal;
 mod types;
 
+pub use diff::Diff;
 pub use error::{ConfigError, Location};
 pub use parse::{load, parse};
 pub use portal::{Portal, PortalHost};

@@ -4,6 +4,7 @@
 #[doc(hidden)]
 pub mod fixture;
 mod model;
+pub mod names;
 mod sysfs;
 mod wwid;
 

@@ -21,6 +21,8 @@ pub struct Observed {
     /// Portal host names resolved to addresses, keyed by the portal as written (`host:port`).
     /// Filled by the caller that does DNS; sysfs knows only addresses.
     pub resolved: BTreeMap<String, SocketAddr>,
+    /// lunkeeper's udev name mappings, key (`mpath-<wwid>`, `sd-<wwid>`) → volume name.
+    pub names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

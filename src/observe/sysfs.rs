@@ -79,6 +79,7 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
         node_records: node_records(root)?,
         registered_wwids: registered_wwids(root)?,
         mounted: mounted(root)?,
+        names: super::names::read_names(root),
         ..Observed::default()
     })
 }

@@ -85,6 +85,17 @@ pub enum Action {
     DeleteNode {
         session: SessionKey,
     },
+    /// Map `key` (`mpath-<wwid>` or `sd-<wwid>`) to the volume's name for the udev rule, and
+    /// have udev look at `device` again so `/dev/lunkeeper/<volume>` appears.
+    NameDevice {
+        key: String,
+        volume: String,
+        device: String,
+    },
+    /// Drop a name mapping nothing uses any more.
+    UnnameDevice {
+        key: String,
+    },
 }
 
 /// What a node record must say. Secrets are referenced by file, never carried.
@@ -179,6 +190,10 @@ impl fmt::Display for Action {
             },
             Action::UnregisterWwid { wwid } => write!(f, "unregister WWID {wwid} from multipath"),
             Action::Logout { session } => write!(f, "log out of {session}"),
+            Action::NameDevice { volume, device, .. } => {
+                write!(f, "name {device} /dev/lunkeeper/{volume}")
+            }
+            Action::UnnameDevice { key } => write!(f, "drop the name mapping {key}"),
             Action::DeleteNode { session } => write!(f, "delete node record {session}"),
         }
     }

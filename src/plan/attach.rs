@@ -237,8 +237,45 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
         }
         Err(reason) => Verdict::Blocked(reason),
     };
+    if let Some(wwid) = &identity {
+        name_device(planner, volume, wwid, map, &paths, &verdict, &mut actions);
+    }
     planner.verdict(&name, verdict);
     planner.lane(Subject::Volume(name), actions);
+}
+
+/// Keeps the udev name mapping of a usable volume pointing at it. The mapping stays while the
+/// volume is degraded or pending, so the link comes back by itself with the device.
+fn name_device(
+    planner: &mut Planner<'_>,
+    volume: &Volume,
+    wwid: &Wwid,
+    map: Option<&Map>,
+    paths: &[Path<'_>],
+    verdict: &Verdict,
+    actions: &mut Vec<Action>,
+) {
+    let (key, device) = if volume.multipath {
+        (format!("mpath-{wwid}"), map.map(|m| m.dev.name.clone()))
+    } else {
+        let disk = paths
+            .iter()
+            .find(|p| path_is_live(p.session, p.device))
+            .and_then(|p| p.device.disk.as_ref().map(|d| d.name.clone()));
+        (format!("sd-{wwid}"), disk)
+    };
+    let name = volume.name.as_str();
+    let usable = matches!(verdict, Verdict::Ready | Verdict::Degraded(_));
+    if let (true, Some(device)) = (usable, device) {
+        if planner.observed.names.get(&key).map(String::as_str) != Some(name) {
+            actions.push(Action::NameDevice {
+                key: key.clone(),
+                volume: name.to_string(),
+                device,
+            });
+        }
+    }
+    planner.named.insert(key);
 }
 
 /// The volume's WWID, once a path shows it; refuses a LUN whose identity is not the expected one

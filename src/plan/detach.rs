@@ -95,6 +95,11 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
     let map = wwid
         .as_ref()
         .and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+    if let (Some(w), true) = (&wwid, map.is_some() || !paths.is_empty()) {
+        // While the device is still there (in use, or going), so is its name.
+        planner.named.insert(format!("mpath-{w}"));
+        planner.named.insert(format!("sd-{w}"));
+    }
 
     if let Some(reason) = busy(planner, &paths, map) {
         planner.verdict(
@@ -270,5 +275,22 @@ pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
             _ => continue,
         };
         planner.lane(subject, vec![a]);
+    }
+}
+
+/// Name mappings no present volume holds: the volume left or changed identity.
+pub(super) fn plan_names(planner: &mut Planner<'_>) {
+    let stale: Vec<String> = planner
+        .observed
+        .names
+        .keys()
+        .filter(|k| !planner.named.contains(*k))
+        .cloned()
+        .collect();
+    for key in stale {
+        planner.lane(
+            Subject::Volume(format!("name:{key}")),
+            vec![Action::UnnameDevice { key }],
+        );
     }
 }

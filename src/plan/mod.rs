@@ -14,7 +14,7 @@ mod verdict;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde::Serialize;
@@ -64,6 +64,7 @@ pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
         observed,
         owned,
         plan: Plan::default(),
+        named: BTreeSet::new(),
     };
     let wanted = attach::wanted_sessions(observed, desired);
     attach::plan_sessions(&mut planner, &wanted);
@@ -83,6 +84,7 @@ pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
     detach::plan_volumes(&mut planner, desired);
     detach::plan_sessions(&mut planner, &wanted);
     detach::plan_wwids(&mut planner, desired);
+    detach::plan_names(&mut planner);
     planner.plan.lanes.retain(|l| !l.actions.is_empty());
     planner.plan
 }
@@ -92,6 +94,8 @@ struct Planner<'a> {
     observed: &'a Observed,
     owned: &'a Owned,
     plan: Plan,
+    /// Name mapping keys present volumes hold.
+    named: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {

@@ -111,6 +111,13 @@ fn attach_converges_to_a_map_with_every_path_and_then_plans_nothing() {
         owned.volumes["db"].wwid,
         Some(wwid("36001405aaaa000000000000000000000"))
     );
+    assert_eq!(
+        o.names
+            .get("mpath-36001405aaaa000000000000000000000")
+            .map(String::as_str),
+        Some("db"),
+        "the udev name mapping points at the volume"
+    );
     assert!(owned
         .wwids
         .contains(&wwid("36001405aaaa000000000000000000000")));
@@ -162,6 +169,12 @@ fn single_path_without_multipath_is_ready_without_a_map() {
     let o = sim.snapshot();
     assert!(o.maps.is_empty());
     assert!(o.registered_wwids.is_empty());
+    assert_eq!(
+        o.names
+            .get("sd-36001405aaaa000000000000000000001")
+            .map(String::as_str),
+        Some("logs")
+    );
     assert_eq!(plan(&d, &o, &owned).volumes["logs"], Verdict::Ready);
 }
 
@@ -182,6 +195,7 @@ fn absent_volume_is_taken_down_completely_and_others_are_untouched() {
     assert_eq!(o.sessions[0].devices.len(), 1, "the foreign LUN stays");
     assert!(o.maps.is_empty());
     assert!(o.node_records.is_empty());
+    assert!(o.names.is_empty(), "name mappings left: {:?}", o.names);
     assert!(o.registered_wwids.is_empty());
     assert!(owned.is_empty(), "{owned:#?}");
     assert_eq!(plan(&d, &o, &owned).volumes["db"], Verdict::Absent);
@@ -369,7 +383,10 @@ fn a_rename_moves_ownership_without_detaching() {
     );
     let d = desired(vec![volume("database", TARGET_A, &[P1], 0)]);
     let p = plan(&d, &sim.snapshot(), &owned);
-    assert!(p.actions().all(Action::is_bookkeeping), "{:?}", actions(&p));
+    let renames_only = p
+        .actions()
+        .all(|a| a.is_bookkeeping() || matches!(a, Action::NameDevice { .. }));
+    assert!(renames_only, "{:?}", actions(&p));
     converge(&sim, &d, &mut owned);
     assert!(owned.volumes.contains_key("database") && !owned.volumes.contains_key("db"));
     assert_eq!(sim.snapshot().maps.len(), 1);

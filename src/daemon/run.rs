@@ -1,0 +1,380 @@
+//! The daemon's event loop. It owns no logic: udev events, config edits, signals and timers
+//! only decide *when* the engine looks at the world again (level-triggered, so lost or
+//! duplicated events do no harm); the engine plans and acts exactly as `apply` does.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+use tracing::{error, info, warn};
+
+use super::udev::{relevant, UdevMonitor};
+use super::watch::ConfigWatcher;
+use crate::act::Host;
+use crate::apply::{Engine, RetryPolicy};
+use crate::desired::{self, Desired, Diff};
+use crate::owned::{write_atomic, OwnedStore};
+use crate::status::{Status, VolumeStatus};
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// `/run/lunkeeper`: status.json and the daemon lock.
+    pub runtime_dir: PathBuf,
+    /// Bursts of config events within this window collapse into one reload.
+    pub debounce: Duration,
+    /// How often to look again while a volume is on its way (the kernel, udev and multipathd
+    /// move on their own; most of their moves also arrive as udev events).
+    pub poll: Duration,
+    pub retry: RetryPolicy,
+    /// READY=1 is sent when the first pass has settled, or after this long at the latest.
+    pub ready_deadline: Duration,
+}
+
+impl DaemonOptions {
+    pub fn new(config: PathBuf, state_dir: PathBuf, runtime_dir: PathBuf) -> Self {
+        DaemonOptions {
+            config,
+            state_dir,
+            runtime_dir,
+            debounce: Duration::from_millis(200),
+            poll: Duration::from_millis(250),
+            retry: RetryPolicy {
+                first: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+                settle: Duration::from_secs(3),
+            },
+            ready_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another lunkeeper daemon holds {0}")]
+    Locked(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] super::watch::WatchError),
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+}
+
+/// What the daemon publishes in `status.json`: the status of every volume and whether the
+/// configuration it runs is the file's current content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub volumes: Vec<VolumeStatus>,
+    pub config: ConfigState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    pub path: PathBuf,
+    /// False when the file's current content was rejected; the last good one stays in force.
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+pub const STATUS_FILE: &str = "status.json";
+pub const LOCK_FILE: &str = "daemon.lock";
+
+/// Runs until SIGTERM or SIGINT. Must run inside a `LocalSet`.
+pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<(), DaemonError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.runtime_dir).map_err(io(&opts.runtime_dir))?;
+    let _lock = lock(&opts.runtime_dir.join(LOCK_FILE))?;
+
+    let mut watcher = ConfigWatcher::new(&opts.config, opts.debounce)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io(Path::new("SIGHUP")))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io(Path::new("SIGTERM")))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io(Path::new("SIGINT")))?;
+    let mut udev = match UdevMonitor::new() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            // Events only make lunkeeper quick; the periodic resync keeps it correct.
+            error!(error = %e, "no udev events; relying on the periodic resync");
+            None
+        }
+    };
+    let watchdog = watchdog_interval();
+
+    let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?;
+    let mut config = Config::load(&opts.config);
+    let mut resync = resync_timer(config.desired.as_ref());
+    let started = Instant::now();
+    let mut ready_sent = false;
+    let mut dirty = true;
+    let mut wake_at: Option<Instant> = None;
+    let mut last_status: Option<DaemonStatus> = None;
+    let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+
+    loop {
+        if dirty {
+            dirty = false;
+            let settled = match &config.desired {
+                Some(desired) => match engine.pass(desired).await {
+                    Ok(pass) => {
+                        let results = engine.results(&pass.plan);
+                        let status = Status::build(desired, &pass.observed, &results);
+                        publish(&opts, &config, status.volumes, &mut last_status);
+                        let waiting = pass.waiting(engine.failed());
+                        wake_at = next_wake(waiting, opts.poll, engine.next_release());
+                        pass.started == 0 && !engine.is_running() && !waiting
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot observe the host; trying again");
+                        wake_at = Some(Instant::now() + opts.retry.first);
+                        false
+                    }
+                },
+                None => {
+                    publish(&opts, &config, Vec::new(), &mut last_status);
+                    true
+                }
+            };
+            if !ready_sent && (settled || started.elapsed() >= opts.ready_deadline) {
+                ready_sent = true;
+                notify(&[NotifyState::Ready]);
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+            }
+        }
+
+        tokio::select! {
+            finished = engine.finish_one(), if engine.is_running() => {
+                finished?;
+                dirty = true;
+            }
+            changed = watcher.changed() => {
+                changed?;
+                reload(&opts, &mut config, &mut engine);
+                resync = resync_timer(config.desired.as_ref());
+                dirty = true;
+            }
+            _ = sighup.recv() => {
+                reload(&opts, &mut config, &mut engine);
+                resync = resync_timer(config.desired.as_ref());
+                dirty = true;
+            }
+            batch = next_udev(&mut udev) => {
+                match batch {
+                    Ok(events) => dirty |= events.iter().any(relevant),
+                    Err(e) => {
+                        warn!(error = %e, "udev monitor failed; relying on the periodic resync");
+                        udev = None;
+                    }
+                }
+            }
+            _ = sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
+                wake_at = None;
+                dirty = true;
+            }
+            _ = resync.tick() => dirty = true,
+            _ = sleep_until(next_watchdog.unwrap_or_else(far_future)), if next_watchdog.is_some() => {
+                notify(&[NotifyState::Watchdog]);
+                next_watchdog = watchdog.map(|w| Instant::now() + w);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    // Attachments stay as they are: a restart adopts them. Steps under way get a moment to
+    // finish so no half-written record is left; then they are abandoned.
+    notify(&[NotifyState::Stopping]);
+    info!("stopping; volumes stay attached");
+    let grace = Instant::now() + Duration::from_secs(10);
+    while engine.is_running() {
+        tokio::select! {
+            r = engine.finish_one() => { r?; }
+            _ = sleep_until(grace) => { engine.abandon().await; }
+        }
+    }
+    Ok(())
+}
+
+/// The configuration in force, and whether the file's current content was accepted.
+struct Config {
+    desired: Option<Desired>,
+    state: ConfigState,
+}
+
+impl Config {
+    fn load(path: &Path) -> Config {
+        match desired::load(path) {
+            Ok(d) => {
+                info!(path = %path.display(), volumes = d.volumes.len(), "configuration loaded");
+                Config {
+                    desired: Some(d),
+                    state: ConfigState {
+                        path: path.to_path_buf(),
+                        ok: true,
+                        error: None,
+                    },
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "configuration rejected; no volume is touched until it is fixed");
+                Config {
+                    desired: None,
+                    state: ConfigState {
+                        path: path.to_path_buf(),
+                        ok: false,
+                        error: Some(e.to_string()),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Validates the new file and diffs it against the one in force. A file that does not load
+/// changes nothing: the last good configuration stays, and the error is logged and published.
+fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: &mut Engine<H>) {
+    notify(&[NotifyState::Reloading]);
+    match desired::load(&opts.config) {
+        Ok(new) => {
+            let diff = match &config.desired {
+                Some(old) => Diff::between(old, &new),
+                None => Diff {
+                    added: new.volumes.iter().map(|v| v.name.to_string()).collect(),
+                    ..Diff::default()
+                },
+            };
+            if diff.is_empty() {
+                info!("configuration reloaded; no volume changed");
+            } else {
+                info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "configuration reloaded");
+            }
+            engine.reset_volumes(&diff.touched());
+            config.desired = Some(new);
+            config.state.ok = true;
+            config.state.error = None;
+        }
+        Err(e) => {
+            error!(error = %e, "configuration rejected; keeping the last good one, nothing is detached");
+            config.state.ok = false;
+            config.state.error = Some(e.to_string());
+        }
+    }
+    notify(&[NotifyState::Ready]);
+}
+
+fn publish(
+    opts: &DaemonOptions,
+    config: &Config,
+    volumes: Vec<VolumeStatus>,
+    last: &mut Option<DaemonStatus>,
+) {
+    let status = DaemonStatus {
+        volumes,
+        config: config.state.clone(),
+    };
+    if last.as_ref() == Some(&status) {
+        return;
+    }
+    let summary = Status {
+        volumes: status.volumes.clone(),
+    }
+    .summary();
+    let line = match &status.config.error {
+        None => format!("{summary}; config ok"),
+        Some(e) => format!("{summary}; config REJECTED, last good one in force: {e}"),
+    };
+    notify(&[NotifyState::Status(&line)]);
+    info!(status = %line, "status");
+    let path = opts.runtime_dir.join(STATUS_FILE);
+    match serde_json::to_vec_pretty(&status) {
+        Ok(json) => {
+            if let Err(e) = write_atomic(&path, &json, 0o644) {
+                warn!(path = %path.display(), error = %e, "cannot write the status file");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot encode the status"),
+    }
+    *last = Some(status);
+}
+
+fn next_wake(waiting: bool, poll: Duration, release: Option<Instant>) -> Option<Instant> {
+    let poll_at = waiting.then(|| Instant::now() + poll);
+    match (poll_at, release) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn resync_timer(desired: Option<&Desired>) -> tokio::time::Interval {
+    let every = desired
+        .map(|d| d.daemon.resync_interval)
+        .unwrap_or(Duration::from_secs(60));
+    let mut t = tokio::time::interval_at(Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+async fn next_udev(
+    udev: &mut Option<UdevMonitor>,
+) -> Result<Vec<super::udev::UdevEvent>, super::udev::UdevError> {
+    match udev {
+        Some(m) => m.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Half the watchdog period systemd asked for, if it asked.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    // Without NOTIFY_SOCKET (not under systemd) this does nothing.
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| DaemonError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::Locked(path.to_path_buf()))
+}
+
+/// Whether a daemon holds the lock in `runtime_dir`, i.e. its status file is live.
+pub fn daemon_running(runtime_dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(runtime_dir.join(LOCK_FILE))
+    else {
+        return false;
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
