@@ -19,11 +19,15 @@ fi
 
 echo "== VM scenarios (real kernel: LIO target, open-iscsi, multipathd, udev)"
 cargo build
+# The VMs use a copy, so rebuilding while they run cannot change the binary under them.
+mkdir -p target/vm-bin
+bin=$PWD/target/vm-bin/lunkeeper
+cp target/debug/lunkeeper "$bin"
 failed=0
 passed=0
-for scenario in tests/vm/core.sh; do
+for scenario in tests/vm/smoke.sh tests/vm/core.sh tests/vm/daemon.sh; do
   name=$(basename "$scenario" .sh)
-  if LK_VM_NAME="$name" tests/vm/vm.sh "$scenario"; then
+  if LUNKEEPER_BIN="$bin" LK_VM_NAME="$name" tests/vm/vm.sh "$scenario"; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
