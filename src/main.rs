@@ -122,16 +122,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("lunkeeper: cannot start the runtime: {e}");
-            return ExitCode::from(CANNOT_RUN);
-        }
+        Err(code) => return code,
     };
     let local = tokio::task::LocalSet::new();
     match runtime.block_on(local.run_until(run(&cli, &desired))) {
@@ -214,15 +207,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
 }
 
 fn run_daemon(cli: &Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("lunkeeper: cannot start the runtime: {e}");
-            return ExitCode::from(CANNOT_RUN);
-        }
+        Err(code) => return code,
     };
     let host = Rc::new(RealHost::new(RealHostConfig {
         root: cli.root.clone(),
@@ -284,6 +271,17 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
             ExitCode::from(CANNOT_RUN)
         }
     }
+}
+
+/// One thread: lanes are local tasks, and blocking sysfs work goes to tokio's blocking pool.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("lunkeeper: cannot start the runtime: {e}");
+            ExitCode::from(CANNOT_RUN)
+        })
 }
 
 /// One apply at a time: two would plan against each other's half-done work.

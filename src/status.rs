@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::VolumeResult;
-use crate::desired::{Desired, PortalHost, Volume, VolumeState};
+use crate::desired::{Desired, Volume, VolumeState};
 use crate::observe::{Observed, SessionState, Wwid};
 use crate::plan::Verdict;
 
@@ -76,10 +76,7 @@ fn volume_status(
         .portals
         .iter()
         .map(|portal| {
-            let addr = match &portal.host {
-                PortalHost::Ip(ip) => Some(std::net::SocketAddr::new(*ip, portal.port)),
-                PortalHost::Name(_) => observed.resolved.get(&portal.to_string()).copied(),
-            };
+            let addr = crate::plan::portal_addr(observed, portal);
             let session = observed
                 .sessions
                 .iter()

@@ -11,7 +11,7 @@ use tracing::{info, warn, Instrument};
 use super::holds::{Holds, RetryPolicy};
 use super::{ApplyError, Executed, VolumeResult};
 use crate::act::{ActError, Host, Outcome};
-use crate::desired::{Desired, PortalHost, VolumeState};
+use crate::desired::{Desired, VolumeState};
 use crate::observe::Observed;
 use crate::owned::{Owned, OwnedStore};
 use crate::plan::{self, ownership, Action, Lane, Plan, Subject, Verdict};
@@ -279,13 +279,9 @@ pub(super) fn volumes_of(subject: &Subject, desired: &Desired, observed: &Observ
             .iter()
             .filter(|v| v.target.as_str() == key.target)
             .filter(|v| {
-                v.portals.iter().any(|p| {
-                    let addr = match &p.host {
-                        PortalHost::Ip(ip) => Some(std::net::SocketAddr::new(*ip, p.port)),
-                        PortalHost::Name(_) => observed.resolved.get(&p.to_string()).copied(),
-                    };
-                    addr == Some(key.portal)
-                })
+                v.portals
+                    .iter()
+                    .any(|p| plan::portal_addr(observed, p) == Some(key.portal))
             })
             .map(|v| v.name.to_string())
             .collect(),

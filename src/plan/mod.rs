@@ -127,7 +127,7 @@ impl<'a> Planner<'a> {
 }
 
 /// The address a portal stands for now: literal addresses as written, names as resolved.
-fn portal_addr(observed: &Observed, portal: &Portal) -> Option<SocketAddr> {
+pub fn portal_addr(observed: &Observed, portal: &Portal) -> Option<SocketAddr> {
     match &portal.host {
         PortalHost::Ip(ip) => Some(SocketAddr::new(*ip, portal.port)),
         PortalHost::Name(_) => observed.resolved.get(&portal.to_string()).copied(),
