@@ -23,6 +23,8 @@
 //! `/proc/self/clear_refs`), the peak of one pass above the resident set it started from.
 //!
 //! Run without `--bench` (as `cargo test --benches` does) it does the smallest size only.
+//! `LUNKEEPER_BENCH_SIZES=10000` picks the sizes (for profiling one of them); the trees go
+//! where `TMPDIR` says (`TMPDIR=/dev/shm` puts them on tmpfs, in memory as sysfs is).
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -54,7 +56,15 @@ const TARGET_10K: Duration = Duration::from_millis(100);
 
 fn main() -> Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes: &[usize] = if full { &SIZES } else { &SIZES[..1] };
+    let sizes = match std::env::var("LUNKEEPER_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().replace('_', "").parse::<usize>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("LUNKEEPER_BENCH_SIZES={list}: {e}"))?,
+        Err(_) if full => SIZES.to_vec(),
+        Err(_) => SIZES[..1].to_vec(),
+    };
     println!(
         "lunkeeper scale bench: {PORTALS_PER_TARGET} portals (sessions) per target, \
          {LUNS_PER_TARGET} LUNs per target, every LUN a {PORTALS_PER_TARGET}-path multipath map; \
@@ -62,7 +72,7 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let mut rows = Vec::new();
-    for &paths in sizes {
+    for &paths in &sizes {
         rows.push(run_size(paths)?);
     }
     print_report(&rows);

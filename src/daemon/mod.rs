@@ -1,6 +1,7 @@
 //! The long-running daemon: the same engine as `apply`, driven by udev events, config edits,
 //! signals and timers.
 
+pub mod iscsi_events;
 mod run;
 pub mod udev;
 pub mod watch;

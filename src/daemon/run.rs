@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
+use super::iscsi_events::{IscsiEvents, IscsiEventsError};
 use super::udev::{relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
 use crate::act::Host;
@@ -86,6 +87,8 @@ pub struct ConfigState {
 }
 
 pub const STATUS_FILE: &str = "status.json";
+/// How long the daemon keeps looking after an event.
+const FOLLOW_UP: Duration = Duration::from_secs(2);
 pub const LOCK_FILE: &str = "daemon.lock";
 
 /// Runs until SIGTERM or SIGINT. Must run inside a `LocalSet`.
@@ -109,7 +112,17 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             None
         }
     };
+    let mut iscsi = match IscsiEvents::new() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(error = %e, "no iSCSI connection events; a dropped session shows at the next udev event or resync");
+            None
+        }
+    };
     let watchdog = watchdog_interval();
+    // After an event the kernel, iscsid and multipathd keep moving for a moment (a session turns
+    // FAILED a little after its connection error), so the daemon keeps looking for this long.
+    let mut follow_up_until: Option<Instant> = None;
 
     let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?;
     let mut config = Config::load(&opts.config);
@@ -130,8 +143,9 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
                         publish(&opts, &config, status.volumes, &mut last_status);
+                        let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
-                        wake_at = next_wake(waiting, opts.poll, engine.next_release());
+                        wake_at = next_wake(waiting || following, opts.poll, engine.next_release());
                         pass.started == 0 && !engine.is_running() && !waiting
                     }
                     Err(e) => {
@@ -168,9 +182,25 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 resync = resync_timer(config.desired.as_ref());
                 dirty = true;
             }
+            batch = next_iscsi(&mut iscsi) => {
+                match batch {
+                    Ok(_) => {
+                        dirty = true;
+                        follow_up_until = Some(Instant::now() + FOLLOW_UP);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "iSCSI event socket failed; relying on udev and the resync");
+                        iscsi = None;
+                    }
+                }
+            }
             batch = next_udev(&mut udev) => {
                 match batch {
-                    Ok(events) => dirty |= events.iter().any(relevant),
+                    Ok(events) if events.iter().any(relevant) => {
+                        dirty = true;
+                        follow_up_until = Some(Instant::now() + FOLLOW_UP);
+                    }
+                    Ok(_) => {}
                     Err(e) => {
                         warn!(error = %e, "udev monitor failed; relying on the periodic resync");
                         udev = None;
@@ -322,6 +352,13 @@ fn resync_timer(desired: Option<&Desired>) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(Instant::now() + every, every);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
+}
+
+async fn next_iscsi(events: &mut Option<IscsiEvents>) -> Result<usize, IscsiEventsError> {
+    match events {
+        Some(e) => e.next_batch().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_udev(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Daemon scenarios (issue 3, a–h) in one boot: `lunkeeper run` as a child with NOTIFY_SOCKET
 # pointed at a listener, the udev rule installed, LIO with one TPG per portal so one path can
-# be taken away. Run on the host: tests/vm/vm.sh tests/vm/daemon.sh
+# be taken away. Run on the host: tests/vm/vm.sh tests/vm/daemon.sh [RULES-FILE]
 . "$(dirname "${BASH_SOURCE[0]}")/guest-lib.sh"
 
 LK=${LUNKEEPER_BIN:?}
@@ -76,7 +76,7 @@ W0=$(lk_wwid d 0)
 W1=$(lk_wwid d 1)
 W2=$(lk_wwid d 2)
 
-install -D -m 0644 "${LK_RULES:-$LK_REPO/rules/90-lunkeeper.rules}" /etc/udev/rules.d/90-lunkeeper.rules
+install -D -m 0644 "${1:-$LK_REPO/rules/90-lunkeeper.rules}" /etc/udev/rules.d/90-lunkeeper.rules
 udevadm control --reload
 (python3 "$LK_VM_DIR/notify-listener.py" /run/lk-notify.sock "$NOTIFY_LOG" &)
 lk_wait_for 10 test -S /run/lk-notify.sock
