@@ -171,12 +171,12 @@ lk_check_wait "b: ConfigMap swap applied: /dev/lunkeeper/cm usable" 60 link_usab
 # (h) multipathd restarted, then iscsid restarted: converged again, no duplicate sessions.
 pkill -x multipathd
 lk_wait_for 30 bash -c '! pgrep -x multipathd >/dev/null'
-(multipathd -d -s >"$OUT/logs/multipathd-2.log" 2>&1 &)
+(setsid multipathd -d -s >"$OUT/logs/multipathd-2.log" 2>&1 &)
 lk_wait_for 30 lk_multipathd_ready
 lk_check_wait "h: after multipathd restart every volume ready" 90 st_is "' '.join(sorted(v['state'] for v in s['volumes']))" "ready ready ready"
 pkill -x iscsid
 lk_wait_for 30 bash -c '! pgrep -x iscsid >/dev/null'
-(iscsid -f >"$OUT/logs/iscsid-2.log" 2>&1 &)
+(setsid iscsid -f >"$OUT/logs/iscsid-2.log" 2>&1 &)
 lk_wait_for 30 lk_iscsid_ready
 lk_check_wait "h: after iscsid restart every volume ready" 90 st_is "' '.join(sorted(v['state'] for v in s['volumes']))" "ready ready ready"
 lk_check "h: exactly one session per portal (no duplicates)" one_session_per_portal

@@ -317,7 +317,9 @@ lk_boot_stack() {
   echo "InitiatorName=$LK_INITIATOR_IQN" >/etc/iscsi/initiatorname.iscsi
   rm -rf /etc/iscsi/nodes /etc/iscsi/send_targets /etc/iscsi/ifaces /var/lib/iscsi
   mkdir -p /etc/iscsi/nodes /etc/iscsi/send_targets
-  (iscsid -f >"$OUT/logs/iscsid.log" 2>&1 &)
+  # Own session: iscsid SIGTERMs its whole process group when it stops, which would take
+  # the guest script (and so the VM) with it when a scenario restarts iscsid.
+  (setsid iscsid -f >"$OUT/logs/iscsid.log" 2>&1 &)
   lk_wait_for 30 lk_iscsid_ready || lk_die "iscsid does not answer on @ISCSIADM_ABSTRACT_NAMESPACE"
 
   # multipathd: compiled-in defaults unless asked otherwise.
@@ -328,7 +330,7 @@ lk_boot_stack() {
   elif [[ -n $find_mp ]]; then
     printf 'defaults {\n\tuser_friendly_names no\n\tfind_multipaths %s\n}\n' "$find_mp" >/etc/multipath.conf
   fi
-  (multipathd -d -s -v3 >"$OUT/logs/multipathd.log" 2>&1 &)
+  (setsid multipathd -d -s -v3 >"$OUT/logs/multipathd.log" 2>&1 &)
   lk_wait_for 30 lk_multipathd_ready || lk_die "multipathd does not answer 'show daemon'"
   local conf_desc="none (compiled-in defaults)"
   [[ -e /etc/multipath.conf ]] && conf_desc=$(tr '\n\t' '  ' </etc/multipath.conf)
