@@ -23,15 +23,15 @@
 //! `/proc/self/clear_refs`), the peak of one pass above the resident set it started from.
 //!
 //! Run without `--bench` (as `cargo test --benches` does) it does the smallest size only.
-//! `LUNKEEPER_BENCH_SIZES=10000` picks the sizes (for profiling one of them); the trees go
-//! where `TMPDIR` says (`TMPDIR=/dev/shm` puts them on tmpfs, in memory as sysfs is).
+//! `LUNKEEPER_BENCH_SIZES=10000` picks the sizes (increasing; for profiling one of them). The
+//! trees go to `/dev/shm` (tmpfs, in memory as sysfs is), or where `TMPDIR` says when it is set.
 
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lunkeeper::desired::{self, Desired, Lun};
@@ -68,8 +68,9 @@ fn main() -> Result<()> {
     println!(
         "lunkeeper scale bench: {PORTALS_PER_TARGET} portals (sessions) per target, \
          {LUNS_PER_TARGET} LUNs per target, every LUN a {PORTALS_PER_TARGET}-path multipath map; \
-         {REPEATS} timed passes per size after one warm-up; {} CPU(s) available",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+         {REPEATS} timed passes per size after one warm-up; {} CPU(s) available; trees in {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        tree_parent().display()
     );
     let mut rows = Vec::new();
     for &paths in &sizes {
@@ -112,6 +113,8 @@ struct Row {
     observe: Stats,
     plan: Stats,
     total: Stats,
+    /// CPU time (user + system, every thread) of one pass, averaged over the repeats.
+    cpu_per_pass: Option<Duration>,
     hwm_before_kib: Option<u64>,
     hwm_after_kib: Option<u64>,
     /// Peak of one pass above the resident set it started from (needs a resettable VmHWM).
@@ -148,7 +151,7 @@ fn run_size(paths: usize) -> Result<Row> {
     let shape = Shape::for_paths(paths);
     let dir = tempfile::Builder::new()
         .prefix("lunkeeper-scale-")
-        .tempdir()?;
+        .tempdir_in(tree_parent())?;
     let root = dir.path();
 
     let started = Instant::now();
@@ -192,6 +195,7 @@ fn run_size(paths: usize) -> Result<Row> {
     let mut observe_t = Vec::with_capacity(REPEATS);
     let mut plan_t = Vec::with_capacity(REPEATS);
     let mut total_t = Vec::with_capacity(REPEATS);
+    let cpu_before = process_cpu_time();
     for _ in 0..REPEATS {
         let t0 = Instant::now();
         let observed = observe::observe(root)?;
@@ -204,12 +208,17 @@ fn run_size(paths: usize) -> Result<Row> {
         plan_t.push(t2 - t1);
         total_t.push(t2 - t0);
     }
+    let cpu_per_pass = match (cpu_before, process_cpu_time()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) / REPEATS as u32),
+        _ => None,
+    };
     let row = Row {
         shape,
         build,
         observe: Stats::of(observe_t),
         plan: Stats::of(plan_t),
         total: Stats::of(total_t),
+        cpu_per_pass,
         hwm_before_kib,
         hwm_after_kib: proc_status_kib("VmHWM"),
         pass_peak_kib,
@@ -218,16 +227,28 @@ fn run_size(paths: usize) -> Result<Row> {
         ready,
     };
     println!(
-        "observe {} / {} ms, plan {} / {} ms, total {} / {} ms (min / median)",
+        "observe {} / {} ms, plan {} / {} ms, total {} / {} ms (min / median); CPU {} ms per pass",
         ms(row.observe.min),
         ms(row.observe.median),
         ms(row.plan.min),
         ms(row.plan.median),
         ms(row.total.min),
-        ms(row.total.median)
+        ms(row.total.median),
+        row.cpu_per_pass.map_or_else(|| "n/a".to_string(), ms)
     );
     dir.close()?;
     Ok(row)
+}
+
+/// Where the trees go: `TMPDIR` when set, else `/dev/shm` (tmpfs: in memory, as sysfs is, and
+/// several times quicker to build and remove than a disk file system), else the temp dir.
+fn tree_parent() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// One observe + plan pass.
@@ -422,6 +443,18 @@ fn proc_status_kib(field: &str) -> Option<u64> {
     })
 }
 
+/// User + system time of the whole process, threads that have ended included, from
+/// `/proc/self/stat` (fields 14 and 15, in USER_HZ ticks: 100 per second on Linux).
+fn process_cpu_time() -> Option<Duration> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it follow its `)`.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Resets VmHWM to the current RSS (Linux 4.0+); false where the kernel refuses.
 fn reset_hwm() -> bool {
     fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -442,16 +475,16 @@ fn print_report(rows: &[Row]) {
     println!("\n## Results (times in ms, min / median of {REPEATS} passes)\n");
     println!(
         "| paths | sessions | maps | build s | observe | plan | observe + plan | µs/path (median) \
-         | VmHWM before → after MiB | ΔVmHWM MiB | pass peak above RSS MiB | Observed ≈ MiB | actions | ready |"
+         | CPU ms/pass | VmHWM before → after MiB | ΔVmHWM MiB | pass peak above RSS MiB | Observed ≈ MiB | actions | ready |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let delta = match (r.hwm_before_kib, r.hwm_after_kib) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         };
         println!(
-            "| {} | {} | {} | {:.2} | {} / {} | {} / {} | {} / {} | {:.1} | {} → {} | {} | {} | {:.2} | {} | {}/{} |",
+            "| {} | {} | {} | {:.2} | {} / {} | {} / {} | {} / {} | {:.1} | {} | {} → {} | {} | {} | {:.2} | {} | {}/{} |",
             r.shape.paths,
             r.census.sessions,
             r.census.maps,
@@ -463,6 +496,7 @@ fn print_report(rows: &[Row]) {
             ms(r.total.min),
             ms(r.total.median),
             r.total.median.as_secs_f64() * 1e6 / r.shape.paths as f64,
+            r.cpu_per_pass.map_or_else(|| "n/a".to_string(), ms),
             mib(r.hwm_before_kib),
             mib(r.hwm_after_kib),
             mib(delta),
@@ -477,6 +511,9 @@ fn print_report(rows: &[Row]) {
     println!("\n## Growth per step (median; linear = the same factor as paths)\n");
     println!("| step | paths × | observe × | plan × | observe + plan × |");
     println!("|---|---:|---:|---:|---:|");
+    if rows.len() < 2 {
+        println!("| (one size only) | | | | |");
+    }
     for w in rows.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         let f = |x: Duration, y: Duration| y.as_secs_f64() / x.as_secs_f64().max(1e-9);

@@ -214,9 +214,7 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
     }
 
     let stale = stale_paths(planner, volume, &keys);
-    let map = identity
-        .as_ref()
-        .and_then(|w| observed.maps.iter().find(|m| &m.wwid == w));
+    let map = identity.as_ref().and_then(|w| planner.map_of(w));
     let verdict = if volume.multipath {
         plan_multipath(
             planner,
@@ -435,15 +433,12 @@ fn stale_paths(
 ) -> Result<Vec<Action>, String> {
     let observed = planner.observed;
     let mut actions = Vec::new();
-    for session in &observed.sessions {
+    for session in planner.sessions_of(volume.target.as_str()) {
         let Some(portal) = session.portal else {
             continue;
         };
         let key = session_key(volume, portal);
-        if session.target != volume.target.as_str()
-            || keys.contains(&key)
-            || !planner.owned.sessions.contains(&key)
-        {
+        if keys.contains(&key) || !planner.owned.sessions.contains(&key) {
             continue;
         }
         for device in session

@@ -33,8 +33,9 @@ pub(super) fn plan_volumes(planner: &mut Planner<'_>, desired: &Desired) {
             lun: v.lun,
         })
         .collect();
+    let listed: BTreeSet<&str> = desired.volumes.iter().map(|v| v.name.as_str()).collect();
     for (name, record) in &planner.owned.volumes {
-        if desired.volume(name).is_some() {
+        if listed.contains(name.as_str()) {
             continue;
         }
         if present.contains(&(record.target.as_str(), record.lun)) {
@@ -248,10 +249,9 @@ pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
                 .iter()
                 .filter(|v| v.state == VolumeState::Present)
                 .flat_map(|v| {
-                    observed
-                        .sessions
-                        .iter()
-                        .filter(move |s| s.target == v.target.as_str())
+                    planner
+                        .sessions_of(v.target.as_str())
+                        .into_iter()
                         .flat_map(move |s| {
                             s.devices.iter().filter(move |d| v.lun.matches(d.hctl.lun))
                         })

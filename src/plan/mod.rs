@@ -14,7 +14,7 @@ mod verdict;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use serde::Serialize;
@@ -23,7 +23,7 @@ pub use action::{Action, ChapSettings, NodeSettings};
 pub use verdict::Verdict;
 
 use crate::desired::{Desired, Portal, PortalHost, Volume, VolumeState};
-use crate::observe::{BlockDev, DevNum, LunDevice, Observed, Session};
+use crate::observe::{BlockDev, DevNum, LunDevice, Map, Observed, Session, Wwid};
 use crate::owned::{Owned, SessionKey};
 
 /// What to do now, and how each volume stands before doing it.
@@ -60,11 +60,26 @@ pub enum Subject {
 }
 
 pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
+    let mut by_key: HashMap<(&str, SocketAddr), Vec<&Session>> = HashMap::new();
+    let mut by_target: HashMap<&str, Vec<&Session>> = HashMap::new();
+    for s in &observed.sessions {
+        if let Some(p) = s.portal {
+            by_key.entry((s.target.as_str(), p)).or_default().push(s);
+        }
+        by_target.entry(s.target.as_str()).or_default().push(s);
+    }
+    let mut maps_by_wwid: HashMap<&Wwid, &Map> = HashMap::new();
+    for m in &observed.maps {
+        maps_by_wwid.entry(&m.wwid).or_insert(m);
+    }
     let mut planner = Planner {
         observed,
         owned,
         plan: Plan::default(),
         named: BTreeSet::new(),
+        by_key,
+        by_target,
+        maps_by_wwid,
     };
     let wanted = attach::wanted_sessions(observed, desired);
     attach::plan_sessions(&mut planner, &wanted);
@@ -96,6 +111,9 @@ struct Planner<'a> {
     plan: Plan,
     /// Name mapping keys present volumes hold.
     named: BTreeSet<String>,
+    by_key: HashMap<(&'a str, SocketAddr), Vec<&'a Session>>,
+    by_target: HashMap<&'a str, Vec<&'a Session>>,
+    maps_by_wwid: HashMap<&'a Wwid, &'a Map>,
 }
 
 impl<'a> Planner<'a> {
@@ -111,11 +129,19 @@ impl<'a> Planner<'a> {
 
     /// Sessions to this target through this portal (normally one).
     fn sessions(&self, key: &SessionKey) -> impl Iterator<Item = &'a Session> + 'a {
-        let key = key.clone();
-        self.observed
-            .sessions
-            .iter()
-            .filter(move |s| s.target == key.target && s.portal == Some(key.portal))
+        self.by_key
+            .get(&(key.target.as_str(), key.portal))
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+    }
+
+    fn sessions_of(&self, target: &str) -> Vec<&'a Session> {
+        self.by_target.get(target).cloned().unwrap_or_default()
+    }
+
+    fn map_of(&self, wwid: &Wwid) -> Option<&'a Map> {
+        self.maps_by_wwid.get(wwid).copied()
     }
 
     fn has_node_record(&self, key: &SessionKey) -> bool {

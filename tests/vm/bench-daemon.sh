@@ -38,11 +38,13 @@ sys.exit(0 if any(p['portal'] == '$P2' and p['state'] == 'down' for v in s['volu
 # Sum over all threads of the daemon: "utime+stime ticks, voluntary+involuntary switches".
 sample() {
   local pid=$1 t ticks=0 ctx=0 v n
+  # Threads of tokio's blocking pool come and go: one that vanished mid-read is skipped.
   for t in /proc/"$pid"/task/*; do
-    read -r -a f <"$t/stat"
+    read -r -a f <"$t/stat" 2>/dev/null || continue
+    v=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
+    n=$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
+    [ -n "$v" ] && [ -n "$n" ] || continue
     ticks=$((ticks + f[13] + f[14]))
-    v=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status")
-    n=$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")
     ctx=$((ctx + v + n))
   done
   echo "$ticks $ctx"
@@ -77,8 +79,9 @@ lk_check_wait "all ready again after the TPG came back" 120 all_ready 9
 
 # Session loss to re-login.
 SID=$(lk_session_for "$IQN" "$P1")
-T0=$(_lk_now_ms)
 iscsiadm -m session -r "$SID" --logout >/dev/null
+# The session is gone once the logout returns (it waits for the SCSI devices to go).
+T0=$(_lk_now_ms)
 lk_check_wait "lunkeeper logged back in" 120 lk_session_for "$IQN" "$P1"
 figure "session logged out by hand to a new session: $(($(_lk_now_ms) - T0)) ms"
 lk_check_wait "all ready after the re-login" 120 all_ready 9

@@ -116,6 +116,7 @@ lk_check "c: no I/O error while a path was down" test ! -s "$OUT/io-errors.log"
 # (d) a session logged out by hand: lunkeeper logs back in.
 SID=$(lk_session_for "$IQN" "$P1")
 iscsiadm -m session -r "$SID" --logout >/dev/null
+# Timed from the moment the logout returned: the session is gone then.
 T0=$(_lk_now_ms)
 lk_check_wait "d: lunkeeper logged back in to $P1" 60 lk_session_for "$IQN" "$P1"
 lk_check_wait "d: both maps have 2 slaves again" 60 maps_have "$W0" 2 "$W1" 2
