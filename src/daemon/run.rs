@@ -89,6 +89,9 @@ pub struct ConfigState {
 pub const STATUS_FILE: &str = "status.json";
 /// How long the daemon keeps looking after an event.
 const FOLLOW_UP: Duration = Duration::from_secs(2);
+/// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
+/// few hundred milliseconds after the event that announced the trouble.
+const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
 pub const LOCK_FILE: &str = "daemon.lock";
 
 /// Runs until SIGTERM or SIGINT. Must run inside a `LocalSet`.
@@ -145,7 +148,8 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                         publish(&opts, &config, status.volumes, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
-                        wake_at = next_wake(waiting || following, opts.poll, engine.next_release());
+                        let every = if following { FOLLOW_UP_POLL } else { opts.poll };
+                        wake_at = next_wake(waiting || following, every, engine.next_release());
                         pass.started == 0 && !engine.is_running() && !waiting
                     }
                     Err(e) => {
