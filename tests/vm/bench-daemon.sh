@@ -35,19 +35,20 @@ import json, sys
 s = json.load(open('$STATUS'))
 sys.exit(0 if any(p['portal'] == '$P2' and p['state'] == 'down' for v in s['volumes'] for p in v['paths']) else 1)" 2>/dev/null
 }
-# Sum over all threads of the daemon: "utime+stime ticks, voluntary+involuntary switches".
-sample() {
-  local pid=$1 t ticks=0 ctx=0 v n
-  # Threads of tokio's blocking pool come and go: one that vanished mid-read is skipped.
-  for t in /proc/"$pid"/task/*; do
-    read -r -a f <"$t/stat" 2>/dev/null || continue
+# CPU ticks of the whole process (exited threads included, as /proc/PID/stat counts them).
+cpu_ticks() {
+  local f
+  read -r -a f <"/proc/$1/stat"
+  echo $((f[13] + f[14]))
+}
+# "tid switches" for each live thread (voluntary + involuntary context switches).
+thread_switches() {
+  local t v n
+  for t in /proc/"$1"/task/*; do
     v=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
     n=$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
-    [ -n "$v" ] && [ -n "$n" ] || continue
-    ticks=$((ticks + f[13] + f[14]))
-    ctx=$((ctx + v + n))
+    [ -n "$v" ] && [ -n "$n" ] && echo "${t##*/} $((v + n))"
   done
-  echo "$ticks $ctx"
 }
 
 lk_boot_stack
@@ -90,15 +91,22 @@ lk_check_wait "all ready after the re-login" 120 all_ready 9
 for l in 0 1 2 3 4 5 6 7; do volume_block "v$l" "$l"; done | write_and_rename
 lk_wait_for 120 all_ready 8
 lk_wait_for 30 udevadm settle
-sleep 5 # benchmark warm-up, not synchronisation: lets the last follow-up looks and settles pass
-read -r TK0 CX0 < <(sample "$DPID")
+# Warm-up, not synchronisation: the last follow-up looks pass and tokio's idle blocking
+# threads (10 s keep-alive) exit, so the window sees the daemon's steady state.
+sleep 15
+TK0=$(cpu_ticks "$DPID")
+thread_switches "$DPID" >"$OUT/switches-0"
 sleep "$IDLE_SECS" # the measurement window itself
-read -r TK1 CX1 < <(sample "$DPID")
+TK1=$(cpu_ticks "$DPID")
+thread_switches "$DPID" >"$OUT/switches-1"
+# Switches of threads alive at both ends (a thread born or gone in between is listed apart).
+SW=$(awk 'NR == FNR {a[$1] = $2; next} ($1 in a) {s += $2 - a[$1]} END {print s + 0}' "$OUT/switches-0" "$OUT/switches-1")
+CHURN=$(awk 'NR == FNR {a[$1] = 1; next} !($1 in a) {n++} END {print n + 0}' "$OUT/switches-0" "$OUT/switches-1")
 HZ=$(getconf CLK_TCK)
 RSS=$(awk '/^VmRSS/ {print $2}' /proc/"$DPID"/status)
 HWM=$(awk '/^VmHWM/ {print $2}' /proc/"$DPID"/status)
 THREADS=$(ls /proc/"$DPID"/task | wc -l)
-figure "idle ${IDLE_SECS} s with 8 volumes: CPU $(python3 -c "print(f'{($TK1 - $TK0) / $HZ:.3f}')") s, context switches $((CX1 - CX0)) ($(python3 -c "print(f'{($CX1 - $CX0) / $IDLE_SECS:.3f}')")/s), threads $THREADS, RSS ${RSS} KiB, peak RSS ${HWM} KiB"
+figure "idle ${IDLE_SECS} s with 8 volumes: CPU $(python3 -c "print(f'{($TK1 - $TK0) / $HZ:.3f}')") s, context switches $SW ($(python3 -c "print(f'{$SW / $IDLE_SECS:.3f}')")/s), threads $THREADS (new during the window: $CHURN), RSS ${RSS} KiB, peak RSS ${HWM} KiB ($(basename "$(dirname "$(dirname "$LK")")")/$(basename "$(dirname "$LK")") build)"
 lk_check "the daemon is still running after the idle window" kill -0 "$DPID"
 kill -TERM "$DPID"
 lk_finish
