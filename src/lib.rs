@@ -8,6 +8,7 @@ pub mod act;
 pub mod apply;
 pub mod daemon;
 pub mod desired;
+pub mod files;
 pub mod observe;
 pub mod owned;
 pub mod plan;

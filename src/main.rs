@@ -289,15 +289,9 @@ fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!("{}: another lunkeeper is applying ({e})", path.display())
-    })
+    lunkeeper::files::try_lock(&path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .ok_or_else(|| anyhow::anyhow!("{}: another lunkeeper is applying", path.display()))
 }
 
 fn print_plan(plan: &plan::Plan) {

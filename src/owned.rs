@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +17,15 @@ use crate::observe::Wwid;
 pub struct SessionKey {
     pub target: String,
     pub portal: SocketAddr,
+}
+
+impl SessionKey {
+    pub fn new(target: &str, portal: SocketAddr) -> Self {
+        SessionKey {
+            target: target.to_string(),
+            portal,
+        }
+    }
 }
 
 impl fmt::Display for SessionKey {
@@ -125,31 +133,8 @@ impl OwnedStore {
             source,
         };
         let json = serde_json::to_vec_pretty(owned).map_err(|e| err(std::io::Error::other(e)))?;
-        write_atomic(&self.path, &json, 0o600).map_err(err)
+        crate::files::write_atomic(&self.path, &json, 0o600).map_err(err)
     }
-}
-
-/// Replaces `path` with `data` atomically (same-directory temp file, fsync, rename, fsync dir).
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -54,17 +54,22 @@ impl Status {
 
     /// One line for humans and for systemd's STATUS=.
     pub fn summary(&self) -> String {
-        let count = |s: &str| self.volumes.iter().filter(|v| v.state == s).count();
-        format!(
-            "{} ready, {} degraded, {} pending, {} failed, {} blocked, {} absent",
-            count("ready"),
-            count("degraded"),
-            count("pending"),
-            count("failed"),
-            count("blocked"),
-            count("absent")
-        )
+        summarize(&self.volumes)
     }
+}
+
+/// "N ready, N degraded, ..." over any list of volume statuses.
+pub fn summarize(volumes: &[VolumeStatus]) -> String {
+    let count = |s: &str| volumes.iter().filter(|v| v.state == s).count();
+    format!(
+        "{} ready, {} degraded, {} pending, {} failed, {} blocked, {} absent",
+        count("ready"),
+        count("degraded"),
+        count("pending"),
+        count("failed"),
+        count("blocked"),
+        count("absent")
+    )
 }
 
 fn volume_status(

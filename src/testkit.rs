@@ -1,7 +1,7 @@
 //! Builders for tests: desired volumes without the TOML parser, and a simulated storage network.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -96,9 +96,4 @@ pub fn network() -> SimHost {
         },
     );
     sim
-}
-
-#[allow(dead_code)]
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test ip")
 }

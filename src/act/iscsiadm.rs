@@ -287,7 +287,7 @@ pub fn write_record_secrets(
             out.push_str(&format!("{key} = {v}\n"));
         }
     }
-    crate::owned::write_atomic(record, out.as_bytes(), 0o600)
+    crate::files::write_atomic(record, out.as_bytes(), 0o600)
 }
 
 /// Reads a secret file: the first line, without its line ending. The error never carries the

@@ -179,7 +179,7 @@ impl RealHost {
     ) -> Result<Outcome, ActError> {
         let path = self.config.root.join(NAMES_DIR).join(key);
         let line = format!("LUNKEEPER_VOLUME={volume}\n");
-        crate::owned::write_atomic(&path, line.as_bytes(), 0o644)
+        crate::files::write_atomic(&path, line.as_bytes(), 0o644)
             .map_err(|source| ActError::Record { path, source })?;
         let uevent = self
             .config
@@ -236,7 +236,6 @@ impl Host for RealHost {
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
         let c = &self.config;
         match action {
-            a if a.is_bookkeeping() => Ok(Outcome::Changed),
             Action::EnsureNode {
                 session,
                 settings,

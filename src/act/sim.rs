@@ -216,7 +216,6 @@ impl SimWorld {
 
     fn apply(&mut self, action: &Action) -> Result<Outcome, ActError> {
         match action {
-            a if a.is_bookkeeping() => Ok(Outcome::Changed),
             Action::EnsureNode {
                 session, settings, ..
             } => {

@@ -18,8 +18,9 @@ use super::watch::ConfigWatcher;
 use crate::act::Host;
 use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
-use crate::owned::{write_atomic, OwnedStore};
-use crate::status::{Status, VolumeStatus};
+use crate::files::{try_lock, write_atomic};
+use crate::owned::OwnedStore;
+use crate::status::{summarize, Status, VolumeStatus};
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -319,10 +320,7 @@ fn publish(
     if last.as_ref() == Some(&status) {
         return;
     }
-    let summary = Status {
-        volumes: status.volumes.clone(),
-    }
-    .summary();
+    let summary = summarize(&status.volumes);
     let line = match &status.config.error {
         None => format!("{summary}; config ok"),
         Some(e) => format!("{summary}; config REJECTED, last good one in force: {e}"),
@@ -396,26 +394,19 @@ fn notify(states: &[NotifyState<'_>]) {
 }
 
 fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|source| DaemonError::Io {
+    match try_lock(path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(DaemonError::Locked(path.to_path_buf())),
+        Err(source) => Err(DaemonError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| DaemonError::Locked(path.to_path_buf()))
+        }),
+    }
 }
 
 /// Whether a daemon holds the lock in `runtime_dir`, i.e. its status file is live.
 pub fn daemon_running(runtime_dir: &Path) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(runtime_dir.join(LOCK_FILE))
-    else {
-        return false;
-    };
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+    let path = runtime_dir.join(LOCK_FILE);
+    // Only probe an existing lock file: `status` must not create files in the runtime dir.
+    path.exists() && matches!(try_lock(&path), Ok(None))
 }

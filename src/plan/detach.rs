@@ -84,8 +84,12 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         .iter()
         .filter(|s| s.target == record.target)
         .filter(|s| {
-            s.portal
-                .is_some_and(|p| planner.owned.sessions.contains(&key(&record.target, p)))
+            s.portal.is_some_and(|p| {
+                planner
+                    .owned
+                    .sessions
+                    .contains(&SessionKey::new(&record.target, p))
+            })
         })
         .flat_map(|s| s.devices.iter().filter(|d| record.lun.matches(d.hctl.lun)))
         .collect();
@@ -170,13 +174,6 @@ fn busy(
         .iter()
         .filter_map(|d| d.disk.as_ref())
         .find_map(|disk| in_use(disk, mounted, map_name))
-}
-
-fn key(target: &str, portal: std::net::SocketAddr) -> SessionKey {
-    SessionKey {
-        target: target.to_string(),
-        portal,
-    }
 }
 
 /// Sessions and node records lunkeeper owns that no present volume needs: log out once no

@@ -161,10 +161,7 @@ pub fn portal_addr(observed: &Observed, portal: &Portal) -> Option<SocketAddr> {
 }
 
 fn session_key(volume: &Volume, addr: SocketAddr) -> SessionKey {
-    SessionKey {
-        target: volume.target.as_str().to_string(),
-        portal: addr,
-    }
+    SessionKey::new(volume.target.as_str(), addr)
 }
 
 /// Why a block device cannot be taken away, if it cannot. `ignore_holder` is the map that is
