@@ -70,6 +70,11 @@ pub enum IscsiadmError {
     Killed { op: &'static str, stderr: String },
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error("deleting the node record {path}: {source}")]
+    DeleteRecord {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn detail(stderr: &str) -> String {
@@ -179,20 +184,6 @@ impl Iscsiadm {
         .await
     }
 
-    /// Sets `key = value` pairs on the node record in one call. Values must not be secrets.
-    pub async fn update_node(
-        &self,
-        key: &SessionKey,
-        settings: &[(&str, String)],
-    ) -> Result<Done, IscsiadmError> {
-        let mut args = node_args(key).to_vec();
-        args.extend(["-o".into(), "update".into()]);
-        for (name, value) in settings {
-            args.extend(["-n".into(), (*name).to_string(), "-v".into(), value.clone()]);
-        }
-        self.call("update node", &args, self.timeout, &[]).await
-    }
-
     pub async fn login(&self, key: &SessionKey, timeout: Duration) -> Result<Done, IscsiadmError> {
         let mut args = node_args(key).to_vec();
         args.push("--login".into());
@@ -212,32 +203,62 @@ impl Iscsiadm {
         .await
     }
 
-    pub async fn delete_node(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
-        let mut args = node_args(key).to_vec();
-        args.extend(["-o".into(), "delete".into()]);
-        self.call("delete node", &args, self.timeout, &[Failure::NoRecords])
-            .await
+    /// Deletes every record of this target and portal (whatever its TPGT and interface) and
+    /// the target's directory once empty, as `iscsiadm -o delete` does, without a process
+    /// each. Two `-o delete` for one target's portals at once fail with a database error
+    /// (both try to remove the target directory); removing the files cannot race that way.
+    pub fn delete_records(&self, key: &SessionKey) -> Result<Done, IscsiadmError> {
+        let mut done = Done::AlreadySo;
+        for dir in &self.node_dirs {
+            let target = dir.join(&key.target);
+            for entry in self.record_entries(&target, key) {
+                let removed = if entry.is_dir() {
+                    std::fs::remove_dir_all(&entry)
+                } else {
+                    std::fs::remove_file(&entry)
+                };
+                match removed {
+                    Ok(()) => done = Done::Changed,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(IscsiadmError::DeleteRecord {
+                            path: entry,
+                            source,
+                        })
+                    }
+                }
+            }
+            // Fails while other portals' records remain, which is what should happen.
+            let _ = std::fs::remove_dir(&target);
+        }
+        Ok(done)
+    }
+
+    /// `<addr>,<port>,<tpgt>` (a directory, or a file in older layouts) or `<addr>,<port>` (a
+    /// file, when the record was created without a TPGT, as `-o new` does), sorted.
+    fn record_entries(&self, target_dir: &Path, key: &SessionKey) -> Vec<PathBuf> {
+        let bare = format!("{},{}", addr_text(key), key.portal.port());
+        let with_tpgt = format!("{bare},");
+        let Ok(entries) = std::fs::read_dir(target_dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n == bare || n.starts_with(&with_tpgt))
+            })
+            .collect();
+        found.sort();
+        found
     }
 
     /// The record file for this target and portal, whatever its TPGT and interface.
     pub fn record_file(&self, key: &SessionKey) -> Option<PathBuf> {
-        // `<addr>,<port>,<tpgt>` (a directory, or a file in older layouts), or `<addr>,<port>`
-        // (a file) when the record was created without a TPGT, as `-o new` does.
-        let bare = format!("{},{}", addr_text(key), key.portal.port());
-        let with_tpgt = format!("{bare},");
         for dir in &self.node_dirs {
-            let Ok(entries) = std::fs::read_dir(dir.join(&key.target)) else {
-                continue;
-            };
-            let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-            names.sort();
-            for entry in names {
-                let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                if name != bare && !name.starts_with(&with_tpgt) {
-                    continue;
-                }
+            for entry in self.record_entries(&dir.join(&key.target), key) {
                 if entry.is_file() {
                     return Some(entry);
                 }
@@ -266,26 +287,36 @@ fn addr_text(key: &SessionKey) -> String {
     key.portal.ip().to_string()
 }
 
-/// Writes or removes secret keys in a node record file in place of `iscsiadm -o update -v`,
-/// which would put the secret in argv. The file is rewritten atomically with mode 0600.
-pub fn write_record_secrets(
-    record: &Path,
-    secrets: &[(&str, Option<&str>)],
-) -> std::io::Result<()> {
+/// Sets (`Some`) or removes (`None`) keys of a node record file in one atomic rewrite, mode
+/// 0600. Used instead of `iscsiadm -o update`: that costs a process per call and would put a
+/// CHAP secret in argv, where any user can read it from /proc. iscsiadm reads the file's keys
+/// over its compiled-in defaults, so a removed key means "the default" (for the auth keys:
+/// empty).
+pub fn write_record_keys(record: &Path, keys: &[(&str, Option<String>)]) -> std::io::Result<()> {
     let text = std::fs::read_to_string(record)?;
-    let mut out = String::with_capacity(text.len() + 128);
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut end = None;
     for line in text.lines() {
         let key = line.split('=').next().unwrap_or("").trim();
-        if secrets.iter().any(|(k, _)| *k == key) {
+        if keys.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        // Keep iscsiadm's trailer last, where it writes it.
+        if line.trim() == "# END RECORD" {
+            end = Some(line);
             continue;
         }
         out.push_str(line);
         out.push('\n');
     }
-    for (key, value) in secrets {
+    for (key, value) in keys {
         if let Some(v) = value {
             out.push_str(&format!("{key} = {v}\n"));
         }
+    }
+    if let Some(end) = end {
+        out.push_str(end);
+        out.push('\n');
     }
     crate::files::write_atomic(record, out.as_bytes(), 0o600)
 }
@@ -367,24 +398,66 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_replaced_in_place_and_removed_when_unset() {
+    fn deleting_records_takes_every_layout_of_one_portal_and_then_the_empty_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("iqn.2026-11.test:a");
+        std::fs::create_dir_all(t.join("127.0.0.1,3260,1")).unwrap();
+        std::fs::write(t.join("127.0.0.1,3260,1/default"), "").unwrap();
+        std::fs::write(t.join("127.0.0.1,3260"), "").unwrap();
+        std::fs::write(t.join("127.0.0.1,32600"), "").unwrap();
+        std::fs::write(t.join("127.0.0.2,3260"), "").unwrap();
+        let other = dir.path().join("iqn.2026-11.test:b");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("127.0.0.1,3260"), "").unwrap();
+        let adm = Iscsiadm {
+            node_dirs: vec![dir.path().to_path_buf()],
+            ..Iscsiadm::default()
+        };
+        assert!(matches!(
+            adm.delete_records(&key("127.0.0.1:3260")),
+            Ok(Done::Changed)
+        ));
+        let mut left: Vec<_> = std::fs::read_dir(&t)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["127.0.0.1,32600", "127.0.0.2,3260"]);
+        assert!(matches!(
+            adm.delete_records(&key("127.0.0.1:3260")),
+            Ok(Done::AlreadySo)
+        ));
+        std::fs::remove_file(t.join("127.0.0.1,32600")).unwrap();
+        adm.delete_records(&key("127.0.0.2:3260")).unwrap();
+        assert!(!t.exists(), "the empty target directory goes too");
+        assert!(other.join("127.0.0.1,3260").exists());
+    }
+
+    #[test]
+    fn record_keys_are_replaced_removed_and_added_before_the_trailer() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("default");
         std::fs::write(
             &f,
-            "node.name = iqn\nnode.session.auth.password = old\nnode.session.auth.username = u\nnode.session.auth.password_in = oldin\n",
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn\nnode.session.auth.password = old\n\
+             node.session.scan = auto\nnode.session.auth.password_in = oldin\n# END RECORD\n",
         )
         .unwrap();
-        write_record_secrets(
+        write_record_keys(
             &f,
             &[
-                ("node.session.auth.password", Some("s3cret")),
+                ("node.session.scan", Some("manual".into())),
+                ("node.session.auth.password", Some("s3cret".into())),
                 ("node.session.auth.password_in", None),
             ],
         )
         .unwrap();
         let text = std::fs::read_to_string(&f).unwrap();
-        assert_eq!(text, "node.name = iqn\nnode.session.auth.username = u\nnode.session.auth.password = s3cret\n");
+        assert_eq!(
+            text,
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn\nnode.session.scan = manual\n\
+             node.session.auth.password = s3cret\n# END RECORD\n"
+        );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,

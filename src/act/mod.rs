@@ -4,11 +4,11 @@
 
 pub mod command;
 pub mod iscsiadm;
-pub mod multipath;
 pub mod multipathd;
 mod real;
 pub mod sim;
 pub mod sysfs;
+pub mod wwids;
 
 use std::future::Future;
 
@@ -33,7 +33,7 @@ pub enum ActError {
     #[error("multipathd refused {command:?}: {reply}")]
     MultipathdRefused { command: String, reply: String },
     #[error(transparent)]
-    Multipath(#[from] multipath::MultipathError),
+    Wwids(#[from] wwids::WwidsError),
     #[error(transparent)]
     Sysfs(#[from] sysfs::SysfsError),
     #[error("CHAP secret file {path}: {source}")]

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::iscsiadm::{self, Done, Iscsiadm};
-use super::multipath::MultipathCli;
 use super::multipathd::{Multipathd, Reply};
 use super::sysfs::{self, SysfsError};
+use super::wwids::{wwids_path, WwidsFile};
 use super::{ActError, Host, ObserveFailure, Outcome};
 use crate::desired::{Desired, PortalHost};
 use crate::observe::names::NAMES_DIR;
@@ -20,7 +20,8 @@ pub struct RealHostConfig {
     pub root: PathBuf,
     pub iscsiadm: Iscsiadm,
     pub multipathd: Multipathd,
-    pub multipath: MultipathCli,
+    /// Built from `root` when the host is made.
+    pub wwids_lock_timeout: Duration,
     /// A targeted scan waits for the target to answer INQUIRY and friends.
     pub scan_timeout: Duration,
     /// Deleting a path whose transport is down waits up to the replacement timeout.
@@ -34,7 +35,7 @@ impl Default for RealHostConfig {
             root: PathBuf::from("/"),
             iscsiadm: Iscsiadm::default(),
             multipathd: Multipathd::default(),
-            multipath: MultipathCli::default(),
+            wwids_lock_timeout: Duration::from_secs(10),
             scan_timeout: Duration::from_secs(30),
             delete_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(5),
@@ -50,6 +51,13 @@ pub struct RealHost {
 impl RealHost {
     pub fn new(config: RealHostConfig) -> Self {
         RealHost { config }
+    }
+
+    fn wwids(&self) -> WwidsFile {
+        WwidsFile {
+            path: wwids_path(&self.config.root),
+            lock_timeout: self.config.wwids_lock_timeout,
+        }
     }
 
     async fn resolve(&self, desired: &Desired, observed: &mut Observed) {
@@ -76,6 +84,9 @@ impl RealHost {
         }
     }
 
+    /// `iscsiadm -o new` only when the record is missing (it takes iscsid.conf's defaults), then
+    /// lunkeeper's keys written straight into the record file in one atomic rewrite: one
+    /// process per session instead of two, and CHAP secrets never on a command line.
     async fn ensure_node(
         &self,
         key: &SessionKey,
@@ -84,73 +95,54 @@ impl RealHost {
     ) -> Result<Outcome, ActError> {
         let adm = &self.config.iscsiadm;
         let created = adm.create_node(key).await?;
-        let mut values: Vec<(&str, String)> = vec![
-            // A login must not scan the whole target (foreign LUNs, kubernetes #59946) nor
-            // come back at boot behind lunkeeper's back.
-            ("node.session.scan", "manual".into()),
-            ("node.startup", "manual".into()),
-            (
-                "node.session.timeo.replacement_timeout",
-                settings.replacement_timeout.to_string(),
-            ),
-            (
-                "node.conn[0].timeo.login_timeout",
-                login_timeout.to_string(),
-            ),
-            ("node.session.initial_login_retry_max", "1".into()),
-        ];
-        match &settings.chap {
-            Some(chap) => {
-                values.push(("node.session.auth.authmethod", "CHAP".into()));
-                values.push(("node.session.auth.username", chap.username.clone()));
-                if let Some(u) = &chap.username_in {
-                    values.push(("node.session.auth.username_in", u.clone()));
-                }
-            }
-            None => values.push(("node.session.auth.authmethod", "None".into())),
-        }
-        adm.update_node(key, &values).await?;
-        self.write_secrets(key, settings)?;
-        Ok(match created {
-            Done::Changed => Outcome::Changed,
-            Done::AlreadySo => Outcome::AlreadySo,
-        })
-    }
-
-    /// CHAP secrets go straight into the record file: on iscsiadm's command line any user could
-    /// read them from /proc.
-    fn write_secrets(&self, key: &SessionKey, settings: &NodeSettings) -> Result<(), ActError> {
         let read = |path: &PathBuf| {
             iscsiadm::read_secret(path).map_err(|source| ActError::Secret {
                 path: path.clone(),
                 source,
             })
         };
-        let (password, password_in) = match &settings.chap {
-            Some(chap) => (
-                Some(read(&chap.password_file)?),
-                chap.password_in_file.as_ref().map(read).transpose()?,
+        let mut values: Vec<(&str, Option<String>)> = vec![
+            // A login must not scan the whole target (foreign LUNs, kubernetes #59946) nor
+            // come back at boot behind lunkeeper's back.
+            ("node.session.scan", Some("manual".into())),
+            ("node.startup", Some("manual".into())),
+            (
+                "node.session.timeo.replacement_timeout",
+                Some(settings.replacement_timeout.to_string()),
             ),
-            None => (None, None),
-        };
-        let record = self
-            .config
-            .iscsiadm
-            .record_file(key)
-            .ok_or_else(|| ActError::NoRecord {
-                session: key.to_string(),
-            })?;
-        iscsiadm::write_record_secrets(
-            &record,
-            &[
-                ("node.session.auth.password", password.as_deref()),
-                ("node.session.auth.password_in", password_in.as_deref()),
-            ],
-        )
-        .map_err(|source| ActError::Record {
+            (
+                "node.conn[0].timeo.login_timeout",
+                Some(login_timeout.to_string()),
+            ),
+            ("node.session.initial_login_retry_max", Some("1".into())),
+        ];
+        match &settings.chap {
+            Some(chap) => values.extend([
+                ("node.session.auth.authmethod", Some("CHAP".into())),
+                ("node.session.auth.username", Some(chap.username.clone())),
+                ("node.session.auth.password", Some(read(&chap.password_file)?)),
+                ("node.session.auth.username_in", chap.username_in.clone()),
+                (
+                    "node.session.auth.password_in",
+                    chap.password_in_file.as_ref().map(read).transpose()?,
+                ),
+            ]),
+            None => values.extend([
+                ("node.session.auth.authmethod", Some("None".into())),
+                ("node.session.auth.username", None),
+                ("node.session.auth.password", None),
+                ("node.session.auth.username_in", None),
+                ("node.session.auth.password_in", None),
+            ]),
+        }
+        let record = adm.record_file(key).ok_or_else(|| ActError::NoRecord {
+            session: key.to_string(),
+        })?;
+        iscsiadm::write_record_keys(&record, &values).map_err(|source| ActError::Record {
             path: record,
             source,
-        })
+        })?;
+        Ok(done(created))
     }
 
     async fn multipathd(&self, command: String) -> Result<Outcome, ActError> {
@@ -208,11 +200,15 @@ impl RealHost {
         };
         let path = root.join(format!("sys/class/scsi_device/{hctl}/device/delete"));
         let wrote = sysfs::write_attr(path, "1".into(), self.config.delete_timeout).await?;
-        Ok(if wrote {
-            Outcome::Changed
-        } else {
-            Outcome::AlreadySo
-        })
+        Ok(changed(wrote))
+    }
+}
+
+fn changed(changed: bool) -> Outcome {
+    if changed {
+        Outcome::Changed
+    } else {
+        Outcome::AlreadySo
     }
 }
 
@@ -257,19 +253,13 @@ impl Host for RealHost {
                 let path = c.root.join(format!("sys/class/scsi_host/host{host}/scan"));
                 // Channel 0, any target id (iscsi_tcp has one), exactly this LUN.
                 let wrote = sysfs::write_attr(path, format!("0 - {lun}"), c.scan_timeout).await?;
-                Ok(if wrote {
-                    Outcome::Changed
-                } else {
-                    Outcome::AlreadySo
-                })
+                Ok(changed(wrote))
             }
             Action::RegisterWwid { wwid } => {
-                c.multipath.add_wwid(wwid).await?;
-                Ok(Outcome::Changed)
+                Ok(changed(self.wwids().add(wwid).await?))
             }
             Action::UnregisterWwid { wwid } => {
-                c.multipath.remove_wwid(wwid).await?;
-                Ok(Outcome::Changed)
+                Ok(changed(self.wwids().remove(wwid).await?))
             }
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
@@ -298,7 +288,7 @@ impl Host for RealHost {
                     Err(source) => Err(ActError::Record { path, source }),
                 }
             }
-            Action::DeleteNode { session } => Ok(done(c.iscsiadm.delete_node(session).await?)),
+            Action::DeleteNode { session } => Ok(done(c.iscsiadm.delete_records(session)?)),
             // Bookkeeping is matched above; listed so a new action cannot be forgotten here.
             Action::OwnVolume { .. }
             | Action::DisownVolume { .. }

@@ -310,7 +310,9 @@ lk_boot_stack() {
     "$udevd" --daemon
   fi
   lk_wait_for 30 udevadm control --ping || lk_die "systemd-udevd does not answer --ping"
-  (udevadm monitor --udev --property >"$OUT/logs/udev-monitor.log" 2>&1 &)
+  if [[ ${LK_UDEV_MONITOR:-1} == 1 ]]; then
+    (udevadm monitor --udev --property >"$OUT/logs/udev-monitor.log" 2>&1 &)
+  fi
 
   # Initiator: a clean open-iscsi database (the guest's /etc is a throwaway overlay).
   mkdir -p /etc/iscsi
@@ -330,7 +332,7 @@ lk_boot_stack() {
   elif [[ -n $find_mp ]]; then
     printf 'defaults {\n\tuser_friendly_names no\n\tfind_multipaths %s\n}\n' "$find_mp" >/etc/multipath.conf
   fi
-  (setsid multipathd -d -s -v3 >"$OUT/logs/multipathd.log" 2>&1 &)
+  (setsid multipathd -d -s -v"${LK_MPATHD_VERBOSITY:-3}" >"$OUT/logs/multipathd.log" 2>&1 &)
   lk_wait_for 30 lk_multipathd_ready || lk_die "multipathd does not answer 'show daemon'"
   local conf_desc="none (compiled-in defaults)"
   [[ -e /etc/multipath.conf ]] && conf_desc=$(tr '\n\t' '  ' </etc/multipath.conf)

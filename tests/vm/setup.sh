@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the VM scenarios and the demo need on a fresh Debian machine.
 # Idempotent: a second run only checks.
+#   setup.sh            the VM stack (QEMU, kernel, open-iscsi, multipath-tools, virtme-ng)
+#   setup.sh --bench    also os-brick from PyPI in /opt/lunkeeper-osbrick (tests/bench.sh)
 set -euo pipefail
+BENCH=0
+[[ ${1:-} == --bench ]] && BENCH=1
 
 VENV=${LUNKEEPER_VNG_VENV:-/opt/lunkeeper-vng}
 PKGS=(qemu-system-x86 linux-image-amd64 udev kmod open-iscsi multipath-tools sg3-utils
@@ -23,5 +27,10 @@ fi
 if [ ! -x "$VENV/bin/vng" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q virtme-ng
+fi
+OSBRICK_VENV=${LUNKEEPER_OSBRICK_VENV:-/opt/lunkeeper-osbrick}
+if ((BENCH)) && ! "$OSBRICK_VENV/bin/python3" -c 'import os_brick' 2>/dev/null; then
+  python3 -m venv "$OSBRICK_VENV"
+  "$OSBRICK_VENV/bin/pip" install -q 'os-brick==7.1.1'
 fi
 echo "setup: ok ($(ls /boot/vmlinuz-*-amd64 | sort -V | tail -n1), $("$VENV/bin/vng" --version 2>&1 | head -n1))"
