@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lunkeeper::act::{Host, RealHost, RealHostConfig};
 use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
+use lunkeeper::daemon::udev::UdevMonitor;
 use lunkeeper::daemon::{DaemonOptions, DaemonStatus};
 use lunkeeper::desired::{self, Desired};
 use lunkeeper::owned::OwnedStore;
@@ -176,11 +177,25 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
         }
         Command::Apply { timeout, json } => {
             let _lock = lock(&cli.state_dir)?;
+            // Subscribed before the first look, so no change after it goes unnoticed.
+            let mut udev = match UdevMonitor::new() {
+                Ok(monitor) => Some(monitor),
+                Err(error) => {
+                    tracing::warn!(%error, "no udev events; polling instead");
+                    None
+                }
+            };
+            let defaults = ApplyOptions::default();
             let opts = ApplyOptions {
                 timeout: Duration::from_secs(timeout),
-                ..ApplyOptions::default()
+                poll: if udev.is_some() {
+                    Duration::from_millis(500)
+                } else {
+                    defaults.poll
+                },
+                ..defaults
             };
-            let report = apply::apply(Rc::clone(&host), desired, &store, &opts).await?;
+            let report = apply::apply(Rc::clone(&host), desired, &store, &opts, &mut udev).await?;
             let status = Status::build(desired, &report.observed, &report.volumes);
             if !json {
                 let changed = report

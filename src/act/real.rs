@@ -120,7 +120,10 @@ impl RealHost {
             Some(chap) => values.extend([
                 ("node.session.auth.authmethod", Some("CHAP".into())),
                 ("node.session.auth.username", Some(chap.username.clone())),
-                ("node.session.auth.password", Some(read(&chap.password_file)?)),
+                (
+                    "node.session.auth.password",
+                    Some(read(&chap.password_file)?),
+                ),
                 ("node.session.auth.username_in", chap.username_in.clone()),
                 (
                     "node.session.auth.password_in",
@@ -167,20 +170,41 @@ impl RealHost {
         &self,
         key: &str,
         volume: &str,
-        device: &str,
+        device: Option<&str>,
     ) -> Result<Outcome, ActError> {
         let path = self.config.root.join(NAMES_DIR).join(key);
         let line = format!("LUNKEEPER_VOLUME={volume}\n");
         crate::files::write_atomic(&path, line.as_bytes(), 0o644)
             .map_err(|source| ActError::Record { path, source })?;
-        let uevent = self
-            .config
-            .root
-            .join("sys/class/block")
-            .join(device)
-            .join("uevent");
-        sysfs::write_attr(uevent, "change".into(), self.config.scan_timeout).await?;
+        // A map made between the plan and the write above may have had its events processed
+        // without the name: look for it now.
+        let device = match device {
+            Some(d) => Some(d.to_string()),
+            None => self.dm_with_uuid(key),
+        };
+        if let Some(device) = device {
+            let uevent = self
+                .config
+                .root
+                .join("sys/class/block")
+                .join(device)
+                .join("uevent");
+            sysfs::write_attr(uevent, "change".into(), self.config.scan_timeout).await?;
+        }
         Ok(Outcome::Changed)
+    }
+
+    /// The `dm-N` whose device-mapper uuid is `uuid`, if any.
+    fn dm_with_uuid(&self, uuid: &str) -> Option<String> {
+        let block = self.config.root.join("sys/block");
+        std::fs::read_dir(&block).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with("dm-") {
+                return None;
+            }
+            let found = std::fs::read_to_string(block.join(&name).join("dm/uuid")).ok()?;
+            (found.trim_end() == uuid).then_some(name)
+        })
     }
 
     fn map_exists(&self, name: &str) -> bool {
@@ -255,12 +279,8 @@ impl Host for RealHost {
                 let wrote = sysfs::write_attr(path, format!("0 - {lun}"), c.scan_timeout).await?;
                 Ok(changed(wrote))
             }
-            Action::RegisterWwid { wwid } => {
-                Ok(changed(self.wwids().add(wwid).await?))
-            }
-            Action::UnregisterWwid { wwid } => {
-                Ok(changed(self.wwids().remove(wwid).await?))
-            }
+            Action::RegisterWwid { wwid } => Ok(changed(self.wwids().add(wwid).await?)),
+            Action::UnregisterWwid { wwid } => Ok(changed(self.wwids().remove(wwid).await?)),
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
             Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,
@@ -279,7 +299,7 @@ impl Host for RealHost {
                 key,
                 volume,
                 device,
-            } => self.name_device(key, volume, device).await,
+            } => self.name_device(key, volume, device.as_deref()).await,
             Action::UnnameDevice { key } => {
                 let path = c.root.join(NAMES_DIR).join(key);
                 match std::fs::remove_file(&path) {

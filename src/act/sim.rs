@@ -37,6 +37,9 @@ pub struct SimWorld {
     /// Like multipathd with a map udev has not finished with: `add path` is accepted at once
     /// but lands only after this many more observations.
     pub add_path_lag: u32,
+    /// Like multipathd under `find_multipaths strict` when the WWID is registered before udev
+    /// has passed the paths' uevents on: the map forms without anyone asking.
+    pub maps_from_uevents: bool,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
@@ -169,12 +172,34 @@ impl SimWorld {
             wwid: Some(wwid.clone()),
             disk: Some(blockdev(disk.clone(), devnum)),
         });
-        // multipathd adds a new path of a registered WWID to its map by itself.
+        // multipathd adds a new path of a registered WWID to its map by itself, and with
+        // `maps_from_uevents` it also builds a missing map from all the WWID's paths.
         if registered {
             if let Some(map) = self.observed.maps.iter_mut().find(|m| m.wwid == wwid) {
                 map.slaves.push(disk);
+            } else if self.maps_from_uevents {
+                let slaves = self.disks_with(&wwid);
+                self.create_map(&wwid, slaves);
             }
         }
+    }
+
+    fn create_map(&mut self, wwid: &Wwid, slaves: Vec<String>) {
+        let n = self.next_dm;
+        self.next_dm += 1;
+        self.observed.maps.push(Map {
+            name: wwid.to_string(),
+            wwid: wwid.clone(),
+            dev: blockdev(
+                format!("dm-{n}"),
+                DevNum {
+                    major: 253,
+                    minor: n,
+                },
+            ),
+            slaves,
+            suspended: false,
+        });
     }
 
     fn disks_with(&self, wwid: &Wwid) -> Vec<String> {
@@ -271,7 +296,17 @@ impl SimWorld {
                 Ok(Outcome::Changed)
             }
             Action::RegisterWwid { wwid } => {
-                Ok(if self.observed.registered_wwids.insert(wwid.clone()) {
+                let added = self.observed.registered_wwids.insert(wwid.clone());
+                // The paths' uevents are still on their way through udev: multipathd will see
+                // them with the WWID registered.
+                let slaves = self.disks_with(wwid);
+                if self.maps_from_uevents
+                    && !slaves.is_empty()
+                    && !self.observed.maps.iter().any(|m| &m.wwid == wwid)
+                {
+                    self.create_map(wwid, slaves);
+                }
+                Ok(if added {
                     Outcome::Changed
                 } else {
                     Outcome::AlreadySo
@@ -293,21 +328,7 @@ impl SimWorld {
                         reply: String::new(),
                     });
                 }
-                let n = self.next_dm;
-                self.next_dm += 1;
-                self.observed.maps.push(Map {
-                    name: wwid.to_string(),
-                    wwid: wwid.clone(),
-                    dev: blockdev(
-                        format!("dm-{n}"),
-                        DevNum {
-                            major: 253,
-                            minor: n,
-                        },
-                    ),
-                    slaves,
-                    suspended: false,
-                });
+                self.create_map(wwid, slaves);
                 Ok(Outcome::Changed)
             }
             Action::AddPath { disk } if self.add_path_lag > 0 => {

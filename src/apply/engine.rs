@@ -108,7 +108,7 @@ impl<H: Host + 'static> Engine<H> {
         let observed = self.host.observe(&effective).await?;
         let mut plan = plan::plan(&effective, &observed, &self.owned);
         self.skip_failed(&mut plan, &effective, &observed);
-        self.holds.apply(&mut plan);
+        self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
 
         let mut claimed = false;
@@ -138,6 +138,21 @@ impl<H: Host + 'static> Engine<H> {
         let Some(joined) = self.tasks.join_next().await else {
             return Ok(false);
         };
+        self.record(joined)
+    }
+
+    /// Records a lane that has already finished, without waiting; false when none has.
+    pub fn finish_ready(&mut self) -> Result<bool, ApplyError> {
+        match self.tasks.try_join_next() {
+            Some(joined) => self.record(joined),
+            None => Ok(false),
+        }
+    }
+
+    fn record(
+        &mut self,
+        joined: Result<LaneDone, tokio::task::JoinError>,
+    ) -> Result<bool, ApplyError> {
         let done = match joined {
             Ok(done) => done,
             // A lane task only ends abnormally when aborted at shutdown.

@@ -1,6 +1,6 @@
 //! When an action may run again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,6 +14,8 @@ use crate::plan::{Action, Plan};
 pub(super) struct Holds {
     until: HashMap<Action, Instant>,
     failures: HashMap<Action, u32>,
+    /// When a request multipathd usually carries out by itself was first planned.
+    first_planned: HashMap<Action, Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +24,10 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// How long a request that takes effect later (a scan, a map, a path) is given.
     pub settle: Duration,
+    /// How long multipathd is given to build a map or add a path from the path's own uevent
+    /// before lunkeeper asks: asking earlier only gets refused while multipathd is still
+    /// catching up with udev.
+    pub grace: Duration,
 }
 
 impl Holds {
@@ -50,12 +56,32 @@ impl Holds {
         self.until.values().min().copied()
     }
 
+    /// Holds back requests multipathd may still do by itself until they have been planned for
+    /// the grace period. Forgets those no longer planned, so a later need starts a new grace.
+    fn hold_for_multipathd(&mut self, plan: &Plan, policy: &RetryPolicy, now: Instant) {
+        let planned: HashSet<&Action> = plan
+            .lanes
+            .iter()
+            .flat_map(|l| l.actions.iter())
+            .filter(|a| a.multipathd_may_do_it())
+            .collect();
+        self.first_planned.retain(|a, _| planned.contains(a));
+        for action in planned {
+            let since = *self.first_planned.entry(action.clone()).or_insert(now);
+            let until = since + policy.grace;
+            if until > now && !self.until.contains_key(action) {
+                self.until.insert(action.clone(), until);
+            }
+        }
+    }
+
     /// Removes held actions from the plan. A lane holding a failed action waits as a whole:
     /// what precedes it was done already, and what follows depends on it. An action that is
     /// only settling is skipped alone.
-    pub fn apply(&mut self, plan: &mut Plan) {
+    pub fn apply(&mut self, plan: &mut Plan, policy: &RetryPolicy) {
         let now = Instant::now();
         self.until.retain(|_, t| *t > now);
+        self.hold_for_multipathd(plan, policy, now);
         let failed_held = |a: &Action| self.until.contains_key(a) && self.failures.contains_key(a);
         plan.lanes
             .retain(|lane| !lane.actions.iter().any(failed_held));

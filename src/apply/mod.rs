@@ -25,9 +25,25 @@ use crate::plan::{Action, Subject, Verdict};
 pub struct ApplyOptions {
     /// Give up (and report why) after this long.
     pub timeout: Duration,
-    /// How often to look again while waiting on the kernel, udev or multipathd.
+    /// How often to look again while waiting on the kernel, udev or multipathd when nothing
+    /// wakes `apply` earlier (a lane finishing, an event from [`Wake`], a hold ending).
     pub poll: Duration,
     pub retry: RetryPolicy,
+}
+
+/// Tells [`apply`] that the world may have changed (udev processed a device event), so it
+/// looks again before the poll interval is up.
+pub trait Wake {
+    fn changed(&mut self) -> impl std::future::Future<Output = ()>;
+}
+
+/// No event source: [`apply`] relies on lanes finishing and on its poll interval.
+pub struct NoWake;
+
+impl Wake for NoWake {
+    async fn changed(&mut self) {
+        std::future::pending::<()>().await
+    }
 }
 
 impl Default for ApplyOptions {
@@ -39,6 +55,7 @@ impl Default for ApplyOptions {
                 first: Duration::from_millis(100),
                 cap: Duration::from_secs(5),
                 settle: Duration::from_secs(3),
+                grace: Duration::from_secs(1),
             },
         }
     }
@@ -87,11 +104,17 @@ pub async fn apply<H: Host + 'static>(
     desired: &Desired,
     store: &OwnedStore,
     opts: &ApplyOptions,
+    wake: &mut impl Wake,
 ) -> Result<Report, ApplyError> {
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
     let deadline = Instant::now() + opts.timeout;
     loop {
+        let started = Instant::now();
         let pass = engine.pass(desired).await?;
+        // A look costs CPU the kernel, udev and multipathd need to make progress (observing
+        // sysfs is mostly system time): waiting at least as long as the look took keeps
+        // lunkeeper at half a CPU at most while it waits on them.
+        let earliest = Instant::now() + started.elapsed();
         let waiting = pass.waiting(engine.failed());
         let timed_out = Instant::now() >= deadline;
         if (pass.started == 0 && !engine.is_running() && !waiting) || timed_out {
@@ -111,14 +134,24 @@ pub async fn apply<H: Host + 'static>(
                 observed: pass.observed,
             });
         }
-        // Look again when a lane finishes or the poll interval passes, whichever is first:
-        // the kernel, udev and multipathd move on their own too.
+        // Look again when a lane finishes, udev reports a change, a held action may run again
+        // or the poll interval passes, whichever is first: the kernel, udev and multipathd
+        // move on their own too.
+        let mut next = Instant::now() + opts.poll;
+        if let Some(release) = engine.next_release() {
+            next = next.min(release.max(Instant::now()));
+        }
         tokio::select! {
             finished = engine.finish_one(), if engine.is_running() => { finished?; }
-            _ = tokio::time::sleep(opts.poll) => {}
+            () = wake.changed() => {}
+            () = tokio::time::sleep_until(next.min(deadline)) => {}
         }
+        tokio::time::sleep_until(earliest).await;
+        // Lanes that ended meanwhile are recorded before the next look, not one per look.
+        while engine.finish_ready()? {}
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +166,7 @@ mod tests {
                 first: Duration::from_millis(1),
                 cap: Duration::from_millis(50),
                 settle: Duration::from_millis(100),
+                grace: Duration::from_millis(20),
             },
         }
     }
@@ -140,7 +174,7 @@ mod tests {
     async fn run(sim: &Rc<SimHost>, d: &Desired, store: &OwnedStore) -> Report {
         let local = tokio::task::LocalSet::new();
         local
-            .run_until(apply(Rc::clone(sim), d, store, &opts()))
+            .run_until(apply(Rc::clone(sim), d, store, &opts(), &mut NoWake))
             .await
             .unwrap()
     }
@@ -266,6 +300,26 @@ mod tests {
             .filter(|a| **a == Action::AddPath { disk: disk.clone() })
             .count();
         assert!((1..=2).contains(&adds), "add path sent {adds} times");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multipathd_is_given_time_to_build_the_map_before_lunkeeper_asks() {
+        let sim = Rc::new(network());
+        sim.lock().maps_from_uevents = true;
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let r = run(&sim, &d, &store).await;
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(sim.snapshot().maps[0].slaves.len(), 2);
+        let asked: Vec<_> = sim
+            .lock()
+            .log
+            .iter()
+            .filter(|a| a.multipathd_may_do_it())
+            .cloned()
+            .collect();
+        assert!(asked.is_empty(), "{asked:?}");
     }
 
     #[tokio::test(start_paused = true)]

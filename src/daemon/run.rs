@@ -50,6 +50,7 @@ impl DaemonOptions {
                 first: Duration::from_secs(1),
                 cap: Duration::from_secs(60),
                 settle: Duration::from_secs(3),
+                grace: Duration::from_secs(1),
             },
             ready_deadline: Duration::from_secs(60),
         }

@@ -318,6 +318,24 @@ impl UdevMonitor {
     }
 }
 
+/// `lunkeeper apply` looks again as soon as udev has processed a relevant event. Without a
+/// monitor (or once it fails) it never wakes, and apply falls back to its poll interval.
+impl crate::apply::Wake for Option<UdevMonitor> {
+    async fn changed(&mut self) {
+        while let Some(monitor) = self.as_mut() {
+            match monitor.next_batch().await {
+                Ok(batch) if batch.iter().any(relevant) => return,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "udev monitor failed; polling instead");
+                    *self = None;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// The outcome of one attempt to read a message.
 #[derive(Debug)]
 enum Received {

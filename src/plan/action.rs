@@ -86,11 +86,13 @@ pub enum Action {
         session: SessionKey,
     },
     /// Map `key` (`mpath-<wwid>` or `sd-<wwid>`) to the volume's name for the udev rule, and
-    /// have udev look at `device` again so `/dev/lunkeeper/<volume>` appears.
+    /// have udev look at the device again so `/dev/lunkeeper/<volume>` appears. `device` is
+    /// None for a map that does not exist yet: written before multipathd makes it, the
+    /// mapping is read on the map's own uevents, which saves udev an event per map.
     NameDevice {
         key: String,
         volume: String,
-        device: String,
+        device: Option<String>,
     },
     /// Drop a name mapping nothing uses any more.
     UnnameDevice {
@@ -122,6 +124,12 @@ impl Action {
             self,
             Action::Scan { .. } | Action::AddMap { .. } | Action::AddPath { .. }
         )
+    }
+
+    /// Whether multipathd normally does this itself once udev has told it about the path (the
+    /// WWID is registered first), so asking is only a fallback.
+    pub fn multipathd_may_do_it(&self) -> bool {
+        matches!(self, Action::AddMap { .. } | Action::AddPath { .. })
     }
 
     /// Whether the action only changes lunkeeper's own records.
@@ -190,9 +198,16 @@ impl fmt::Display for Action {
             },
             Action::UnregisterWwid { wwid } => write!(f, "unregister WWID {wwid} from multipath"),
             Action::Logout { session } => write!(f, "log out of {session}"),
-            Action::NameDevice { volume, device, .. } => {
-                write!(f, "name {device} /dev/lunkeeper/{volume}")
-            }
+            Action::NameDevice {
+                volume,
+                device: Some(device),
+                ..
+            } => write!(f, "name {device} /dev/lunkeeper/{volume}"),
+            Action::NameDevice {
+                key,
+                volume,
+                device: None,
+            } => write!(f, "name {key} /dev/lunkeeper/{volume} ahead of its map"),
             Action::UnnameDevice { key } => write!(f, "drop the name mapping {key}"),
             Action::DeleteNode { session } => write!(f, "delete node record {session}"),
         }

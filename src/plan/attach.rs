@@ -263,15 +263,19 @@ fn name_device(
         (format!("sd-{wwid}"), disk)
     };
     let name = volume.name.as_str();
-    let usable = matches!(verdict, Verdict::Ready | Verdict::Degraded(_));
-    if let (true, Some(device)) = (usable, device) {
-        if planner.observed.names.get(&key).map(String::as_str) != Some(name) {
-            actions.push(Action::NameDevice {
-                key: key.clone(),
-                volume: name.to_string(),
-                device,
-            });
-        }
+    // A map is named from the moment its WWID is known: the name is there when the map's
+    // first uevent is, so udev needs no extra event for it.
+    let nameable = if volume.multipath {
+        !matches!(verdict, Verdict::Blocked(_))
+    } else {
+        matches!(verdict, Verdict::Ready | Verdict::Degraded(_)) && device.is_some()
+    };
+    if nameable && planner.observed.names.get(&key).map(String::as_str) != Some(name) {
+        actions.push(Action::NameDevice {
+            key: key.clone(),
+            volume: name.to_string(),
+            device,
+        });
     }
     planner.named.insert(key);
 }

@@ -145,6 +145,17 @@ fn no_map_is_requested_before_udev_has_processed_a_path() {
         actions(&p)
     );
     assert!(matches!(&p.volumes["db"], Verdict::Pending(r) if r.contains("udev")));
+    // The name mapping goes ahead of the map, so the map's own uevents carry the link.
+    assert!(
+        p.actions().any(|a| *a
+            == Action::NameDevice {
+                key: "mpath-36001405aaaa000000000000000000000".into(),
+                volume: "db".into(),
+                device: None,
+            }),
+        "{:?}",
+        actions(&p)
+    );
     o.sessions[0].devices[0]
         .disk
         .as_mut()

@@ -174,12 +174,14 @@ record() {
 # ---------------------------------------------------------------------------------------------
 
 lunkeeper_prepare() { lunkeeper_config present; }
+# GNU time's line (CPU of lunkeeper and the commands it ran) goes to the end of the log.
+LK_TIME=(/usr/bin/time -f 'time: wall %e s, user %U s, system %S s, max RSS %M KiB')
 lunkeeper_attach() {
-  timeout 900 "$LK" --config "$CONF" apply --timeout 600 >"$LOGP.attach.log" 2>&1
+  timeout 900 "${LK_TIME[@]}" "$LK" --config "$CONF" apply --timeout 600 >"$LOGP.attach.log" 2>&1
 }
 lunkeeper_detach_prepare() { lunkeeper_config absent; }
 lunkeeper_detach() {
-  timeout 900 "$LK" --config "$CONF" apply --timeout 600 >"$LOGP.detach.log" 2>&1
+  timeout 900 "${LK_TIME[@]}" "$LK" --config "$CONF" apply --timeout 600 >"$LOGP.detach.log" 2>&1
 }
 
 os-brick_prepare() { :; }
@@ -228,6 +230,7 @@ run_one() {
   "${c}_prepare"
   sync
   t0=$(_lk_now_ms)
+  lk_log "attach starts at epoch ms $t0"
   rc=0
   "${c}_attach" || rc=$?
   ok=false
