@@ -1,6 +1,7 @@
 //! What the kernel and the storage daemons show right now, read into one plain snapshot.
 //! Everything reads below a root path so tests can point it at a fixture tree.
 
+mod dirfd;
 #[doc(hidden)]
 pub mod fixture;
 mod model;

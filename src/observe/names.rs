@@ -3,26 +3,37 @@
 //! `/dev/lunkeeper/<name>`. Keys are `mpath-<wwid>` (a map's DM_UUID) or `sd-<wwid>` (a disk's
 //! ID_SERIAL).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use super::dirfd::{self, DirFd, AT_FDCWD};
 
 /// Where the mappings live below the root.
 pub const NAMES_DIR: &str = "run/lunkeeper/udev";
 
 /// Key → volume name. A missing directory is an empty map; an unreadable file is skipped (it
-/// will be rewritten).
+/// will be rewritten). A host has one file per volume, so each is read by its name in the
+/// open directory, in one `read` when it fits a page (lunkeeper writes one short line).
 pub fn read_names(root: &Path) -> BTreeMap<String, String> {
-    let Ok(entries) = std::fs::read_dir(root.join(NAMES_DIR)) else {
+    let dir = root.join(NAMES_DIR);
+    let Ok(fd) = DirFd::open(AT_FDCWD, &dir) else {
         return BTreeMap::new();
     };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let key = e.file_name().into_string().ok()?;
+    let mut buf = [0u8; 4096];
+    fd.names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|key| {
             if key.starts_with('.') {
                 return None;
             }
-            let text = std::fs::read_to_string(e.path()).ok()?;
+            let len = dirfd::read_small_at(fd.fd(), key.as_str(), &mut buf).ok()?;
+            let text = if len < buf.len() {
+                Cow::Borrowed(std::str::from_utf8(buf.get(..len)?).ok()?)
+            } else {
+                Cow::Owned(std::fs::read_to_string(dir.join(&key)).ok()?)
+            };
             let name = text
                 .lines()
                 .find_map(|l| l.strip_prefix("LUNKEEPER_VOLUME="))?;

@@ -7,22 +7,28 @@
 //! strict, because an unreadable source read as "nothing there" would make the planner act
 //! on a world that does not exist (log in again, recreate records). See [`ObserveError`].
 //!
-//! Cost: a host may have ten thousand paths, and every file read is three syscalls. So the
-//! block layer is indexed once from `sys/dev/block` ([`BlockIndex`]: one `readlink` per
-//! device gives its number, its directory, its SCSI device and whether it is a partition)
-//! instead of reading `dev` and listing `block/`, `holders/` and the disk directory per
-//! device. What is left per path is its `state`, `wwid` and disk `size`; those reads are
-//! spread over a few threads when there are many.
+//! Cost: a host may have ten thousand paths, and each file read is three syscalls plus a walk
+//! of its path. So the block layer is indexed once from `sys/dev/block` ([`BlockIndex`]: one
+//! `readlink` per device gives its number, its directory, its SCSI device and whether it is a
+//! partition) instead of reading `dev` and listing `block/`, `holders/` and the disk directory
+//! per device, and nothing is read that nothing uses (a disk's `size`). What is left per path
+//! is its `state` and `wwid`, and per map its `slaves/` and three `dm/` attributes; those are
+//! opened relative to their directory's handle ([`dirfd`](super::dirfd)), so the kernel walks
+//! two components instead of a dozen.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::BorrowedFd;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use nix::sys::stat::SFlag;
+
+use super::dirfd::{self, DType, DirFd, ATTR_MAX, AT_FDCWD, DT_DIR, DT_REG};
 use super::{
     BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid,
 };
@@ -51,6 +57,10 @@ pub enum ObserveError {
     },
 }
 
+/// Where the links of `sys/dev/block` and `sys/class/iscsi_session` lie, below the root.
+const SYS_DEV_BLOCK: &str = "sys/dev/block";
+const ISCSI_SESSIONS: &str = "sys/class/iscsi_session";
+
 /// Takes one snapshot of the host below `root`. Reads only. Links whose target path carries
 /// meaning (which host a session is on, where a device lives) are resolved by hand and kept
 /// below `root` ([`resolve_target`]); other links are left to the kernel to follow, which
@@ -73,9 +83,10 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
         }
     }
     let blocks = BlockIndex::read(root)?;
+    let sessions = sessions(root, &blocks)?;
     Ok(Observed {
-        sessions: sessions(root, &blocks)?,
-        maps: maps(&blocks),
+        sessions,
+        maps: blocks.into_maps(),
         node_records: node_records(root)?,
         registered_wwids: registered_wwids(root)?,
         mounted: mounted(root)?,
@@ -84,11 +95,12 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
     })
 }
 
-/// The block layer, indexed once per snapshot from `sys/dev/block`, `dev` and `dev/mapper`.
+/// The block layer, indexed once per snapshot from `sys/dev/block`, `dev`, `dev/mapper` and
+/// `run/udev/data`, with the `slaves/` and `dm/` attributes of the virtual devices.
 #[derive(Debug, Default)]
 struct BlockIndex {
     /// Every block device, whole disks and partitions, by kernel name.
-    devices: HashMap<String, BlockEntry>,
+    devnums: HashMap<String, DevNum>,
     /// The disk sd made for each SCSI device (its directory is `.../H:C:T:L/block/sdX`).
     by_hctl: HashMap<Hctl, String>,
     /// Disk name → its partitions (devices whose directory is inside the disk's).
@@ -98,36 +110,48 @@ struct BlockIndex {
     /// The inverse of `slaves`, which is exactly `holders/`: the kernel makes both links of a
     /// pair together (`bd_link_disk_holder`), and only dm and md, both virtual, make them.
     holders: HashMap<String, Vec<String>>,
+    /// The dm devices whose uuid is `mpath-<wwid>`.
+    mpaths: Vec<MpathDm>,
     dev_nodes: HashSet<String>,
-    /// Entries of `run/udev/data` (`b8:16`): devices udev has processed.
-    udev_data: HashSet<String>,
+    /// Entries of `run/udev/data` (`b8:16`): block devices udev has processed.
+    udev_data: HashSet<DevNum>,
     mapper_nodes: HashSet<String>,
 }
 
+/// What `dm/` says of a multipath map.
 #[derive(Debug)]
-struct BlockEntry {
-    dir: PathBuf,
-    devnum: DevNum,
-    is_virtual: bool,
+struct MpathDm {
+    /// `dm-N`.
+    kernel_name: String,
+    wwid: Wwid,
+    name: String,
+    suspended: bool,
+}
+
+/// What is read below a virtual device's directory.
+struct Stacked {
+    name: String,
+    slaves: Vec<String>,
+    mpath: Option<MpathDm>,
 }
 
 impl BlockIndex {
     fn read(root: &Path) -> Result<BlockIndex, ObserveError> {
         let mut ix = BlockIndex::default();
-        let sys_dev_block = root.join("sys/dev/block");
-        // (name, devnum, link, the link's target) of every device; one that vanished is skipped.
-        let entries = top_level_names(&sys_dev_block)?;
-        let links: Vec<(String, DevNum, PathBuf, PathBuf)> =
-            parallel_filter_map(&entries, |entry| {
+        // (name, devnum, the link's target) of every device; one that vanished is skipped.
+        let links: Vec<(String, DevNum, PathBuf)> = match top_level_dir(&root.join(SYS_DEV_BLOCK))?
+        {
+            None => Vec::new(),
+            Some((dir, entries)) => parallel_filter_map(&entries, |entry| {
                 let devnum = entry.parse().ok()?;
-                let link = sys_dev_block.join(entry);
-                let target = fs::read_link(&link).ok()?;
+                let target = dirfd::read_link_at(dir.fd(), entry.as_str()).ok()?;
                 let name = target.file_name()?.to_str()?.to_string();
-                Some((name, devnum, link, target))
-            });
+                Some((name, devnum, target))
+            }),
+        };
         let names: HashSet<&str> = links.iter().map(|(n, ..)| n.as_str()).collect();
-        let mut disks_to_scan = Vec::new();
-        for (name, devnum, link, target) in &links {
+        let mut virtual_dirs = Vec::new();
+        for (name, devnum, target) in &links {
             // .../<parent>/<grandparent>/<name>, read from the end.
             let mut up = target
                 .components()
@@ -136,7 +160,6 @@ impl BlockIndex {
                 .map(|c| c.as_os_str().to_str().unwrap_or_default());
             let parent = up.next().unwrap_or_default();
             let grandparent = up.next().unwrap_or_default();
-            let is_virtual = parent == "block" && grandparent == "virtual";
             // A partition's directory is inside its disk's: `.../block/sda/sda1`, or
             // `.../nvme0/nvme0n1/nvme0n1p1` where disks have no `block` directory.
             if names.contains(parent) || grandparent == "block" {
@@ -149,37 +172,42 @@ impl BlockIndex {
                     ix.by_hctl.insert(hctl, name.clone());
                 }
             }
-            let Some(dir) = resolve_target(root, link, target) else {
-                continue;
-            };
-            if is_virtual {
-                disks_to_scan.push((name.clone(), dir.join("slaves")));
+            if parent == "block" && grandparent == "virtual" {
+                virtual_dirs.push(resolve_from(root, Path::new(SYS_DEV_BLOCK), target));
             }
-            ix.devices.insert(
-                name.clone(),
-                BlockEntry {
-                    dir,
-                    devnum: *devnum,
-                    is_virtual,
-                },
-            );
+            ix.devnums.insert(name.clone(), *devnum);
         }
-        let stacked = parallel_filter_map(&disks_to_scan, |(name, slaves_dir)| {
-            Some((name.clone(), sorted_names(slaves_dir)))
+        // Sorted, so that each thread opens the directory holding them (normally one,
+        // `sys/devices/virtual/block`) once.
+        virtual_dirs.sort();
+        let stacked = parallel_chunks(&virtual_dirs, |chunk, out| {
+            let mut parents = DirCache::default();
+            let mut scratch = String::new();
+            let mut buf = [0u8; ATTR_MAX];
+            for dir in chunk {
+                let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+                    continue;
+                };
+                let Some(name) = name.to_str() else { continue };
+                let base = parents.get(parent).ok();
+                out.push(stacked(base, name, &mut scratch, &mut buf));
+            }
         });
-        for (name, slaves) in stacked {
-            for slave in &slaves {
+        for s in stacked {
+            for slave in &s.slaves {
                 ix.holders
                     .entry(slave.clone())
                     .or_default()
-                    .push(name.clone());
+                    .push(s.name.clone());
             }
-            ix.slaves.insert(name, slaves);
+            ix.mpaths.extend(s.mpath);
+            ix.slaves.insert(s.name, s.slaves);
         }
         ix.holders.values_mut().for_each(|h| h.sort());
         ix.dev_nodes = top_level_names(&root.join("dev"))?.into_iter().collect();
         ix.udev_data = top_level_names(&root.join("run/udev/data"))?
-            .into_iter()
+            .iter()
+            .filter_map(|n| n.strip_prefix('b')?.parse().ok())
             .collect();
         ix.mapper_nodes = top_level_names(&root.join("dev/mapper"))?
             .into_iter()
@@ -187,79 +215,188 @@ impl BlockIndex {
         Ok(ix)
     }
 
-    /// A block device from its sysfs directory; `devnum` None reads it from `dev`. None when
-    /// the device has gone (its attributes no longer read).
-    fn block_dev(
-        &self,
-        dir: &Path,
-        name: &str,
-        devnum: Option<DevNum>,
-        node_present: bool,
-    ) -> Option<BlockDev> {
-        let devnum = match devnum {
-            Some(d) => d,
-            None => read_attr(&dir.join("dev")).ok()?.parse().ok()?,
-        };
-        let size_sectors = read_attr(&dir.join("size")).ok()?.parse().ok()?;
+    /// A block device the index knows, with its partitions.
+    fn block_dev(&self, name: &str, devnum: DevNum, node_present: bool) -> BlockDev {
         let mut partitions: Vec<BlockDev> = self
             .partitions
             .get(name)
             .into_iter()
             .flatten()
             .filter_map(|part| {
-                let entry = self.devices.get(part)?;
-                let mut p = self.block_dev(
-                    &entry.dir,
-                    part,
-                    Some(entry.devnum),
-                    self.dev_nodes.contains(part),
-                )?;
-                p.partitions.clear();
-                Some(p)
+                let devnum = *self.devnums.get(part)?;
+                Some(self.leaf(part, devnum, self.dev_nodes.contains(part)))
             })
             .collect();
         // Names share the disk's prefix, so shorter-then-lexical is numeric: sda2 before sda10.
         partitions.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
-        Some(BlockDev {
+        BlockDev {
+            partitions,
+            ..self.leaf(name, devnum, node_present)
+        }
+    }
+
+    /// A block device without its partitions.
+    fn leaf(&self, name: &str, devnum: DevNum, node_present: bool) -> BlockDev {
+        BlockDev {
             name: name.to_string(),
             devnum,
-            size_sectors,
+            size_sectors: 0,
             holders: self.holders.get(name).cloned().unwrap_or_default(),
-            partitions,
+            partitions: Vec::new(),
             node_present,
-            udev_initialized: self
-                .udev_data
-                .contains(&format!("b{}:{}", devnum.major, devnum.minor)),
-        })
+            udev_initialized: self.udev_data.contains(&devnum),
+        }
+    }
+
+    /// Every `dm-N` whose uuid is `mpath-<wwid>`, sorted by map name. kpartx partitions
+    /// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
+    fn into_maps(mut self) -> Vec<Map> {
+        let mpaths = std::mem::take(&mut self.mpaths);
+        let mut out: Vec<Map> = mpaths
+            .into_iter()
+            .filter_map(|m| {
+                let devnum = *self.devnums.get(&m.kernel_name)?;
+                let present = self.mapper_nodes.contains(&m.name);
+                Some(Map {
+                    dev: self.block_dev(&m.kernel_name, devnum, present),
+                    slaves: self.slaves.remove(&m.kernel_name).unwrap_or_default(),
+                    name: m.name,
+                    wwid: m.wwid,
+                    suspended: m.suspended,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// `slaves/` of the virtual device `name` in the directory `base`, and, for a `dm-N`, its
+/// `dm/` attributes when it is a multipath map. `base` None (the directory could not be
+/// opened) reads as nothing there.
+fn stacked(
+    base: Option<BorrowedFd<'_>>,
+    name: &str,
+    scratch: &mut String,
+    buf: &mut [u8; ATTR_MAX],
+) -> Stacked {
+    let mut slaves = base
+        .and_then(|b| DirFd::open(b, join_in(scratch, name, "slaves")).ok())
+        .and_then(|d| d.names().ok())
+        .unwrap_or_default();
+    slaves.sort();
+    let mpath = match base {
+        Some(b) if name.starts_with("dm-") => mpath_dm(b, name, scratch, buf),
+        _ => None,
+    };
+    Stacked {
+        name: name.to_string(),
+        slaves,
+        mpath,
+    }
+}
+
+fn mpath_dm(
+    base: BorrowedFd<'_>,
+    name: &str,
+    scratch: &mut String,
+    buf: &mut [u8; ATTR_MAX],
+) -> Option<MpathDm> {
+    let uuid = dirfd::read_attr_at(base, join_in(scratch, name, "dm/uuid"), buf).ok()?;
+    let wwid = Wwid::from_str(uuid.strip_prefix("mpath-")?).ok()?;
+    let map_name = dirfd::read_attr_at(base, join_in(scratch, name, "dm/name"), buf)
+        .ok()?
+        .into_owned();
+    if map_name.is_empty() {
+        return None;
+    }
+    let suspended = dirfd::read_attr_at(base, join_in(scratch, name, "dm/suspended"), buf)
+        .is_ok_and(|s| s == "1");
+    Some(MpathDm {
+        kernel_name: name.to_string(),
+        wwid,
+        name: map_name,
+        suspended,
+    })
+}
+
+/// `dir/file` in a reused buffer: the reads made for every path build their relative paths
+/// without allocating.
+fn join_in<'s>(scratch: &'s mut String, dir: &str, file: &str) -> &'s str {
+    scratch.clear();
+    scratch.push_str(dir);
+    scratch.push('/');
+    scratch.push_str(file);
+    scratch
+}
+
+/// The directory a run of items lies in, opened once for the run (items come grouped by
+/// directory). One handle at a time, so that a host with thousands of sessions never holds
+/// thousands of descriptors.
+#[derive(Default)]
+struct DirCache<'p> {
+    open: Option<(&'p Path, Result<DirFd, io::ErrorKind>)>,
+}
+
+impl<'p> DirCache<'p> {
+    fn get(&mut self, path: &'p Path) -> Result<BorrowedFd<'_>, io::ErrorKind> {
+        if self.open.as_ref().map(|(p, _)| *p) != Some(path) {
+            let dir = DirFd::open_base(AT_FDCWD, path).map_err(|e| e.kind());
+            self.open = Some((path, dir));
+        }
+        match &self.open {
+            Some((_, Ok(dir))) => Ok(dir.fd()),
+            Some((_, Err(kind))) => Err(*kind),
+            None => Err(io::ErrorKind::NotFound),
+        }
     }
 }
 
 /// A session read so far, and the SCSI devices still to read.
 struct SessionHead {
     session: Session,
-    luns: Vec<(Hctl, PathBuf)>,
+    targets: Vec<LunTarget>,
+}
+
+/// A `targetH:C:T` directory and the `H:C:T:L` devices in it.
+struct LunTarget {
+    dir: PathBuf,
+    luns: Vec<(Hctl, String)>,
 }
 
 fn sessions(root: &Path, blocks: &BlockIndex) -> Result<Vec<Session>, ObserveError> {
-    let class = root.join("sys/class/iscsi_session");
-    let names = top_level_names(&class)?;
+    let class = root.join(ISCSI_SESSIONS);
+    let Some((class_dir, names)) = top_level_dir(&class)? else {
+        return Ok(Vec::new());
+    };
+    let connections = DirFd::open_base(AT_FDCWD, &root.join("sys/class/iscsi_connection")).ok();
     let heads = parallel_filter_map(&names, |name| {
         let id = name.strip_prefix("session")?.parse().ok()?;
-        session_head(root, &class.join(name), name, id)
+        session_head(root, &class_dir, connections.as_ref(), name, id)
     });
     // Devices are read as one flat list, so that the threads share the work evenly however
     // the paths are spread over sessions.
-    let luns: Vec<(usize, Hctl, &Path)> = heads
+    let luns: Vec<(usize, &Path, Hctl, &str)> = heads
         .iter()
         .enumerate()
         .flat_map(|(i, h)| {
-            h.luns
-                .iter()
-                .map(move |(hctl, dir)| (i, *hctl, dir.as_path()))
+            h.targets.iter().flat_map(move |t| {
+                t.luns
+                    .iter()
+                    .map(move |(hctl, name)| (i, t.dir.as_path(), *hctl, name.as_str()))
+            })
         })
         .collect();
-    let devices = parallel_filter_map(&luns, |&(i, hctl, dir)| {
-        Some((i, lun_device(blocks, dir, hctl)?))
+    let devices = parallel_chunks(&luns, |chunk, out| {
+        let mut targets = DirCache::default();
+        let mut scratch = String::new();
+        let mut buf = [0u8; ATTR_MAX];
+        for &(i, target_dir, hctl, name) in chunk {
+            let base = targets.get(target_dir);
+            if let Some(dev) = lun_device(blocks, base, name, hctl, &mut scratch, &mut buf) {
+                out.push((i, dev));
+            }
+        }
     });
     let mut sessions: Vec<Session> = heads.into_iter().map(|h| h.session).collect();
     for (i, dev) in devices {
@@ -274,33 +411,60 @@ fn sessions(root: &Path, blocks: &BlockIndex) -> Result<Vec<Session>, ObserveErr
     Ok(sessions)
 }
 
-/// `link` is `sys/class/iscsi_session/sessionN`. None when the session has gone.
-fn session_head(root: &Path, link: &Path, name: &str, id: u32) -> Option<SessionHead> {
+/// The session `name` of the class directory `class`. None when the session has gone.
+fn session_head(
+    root: &Path,
+    class: &DirFd,
+    connections: Option<&DirFd>,
+    name: &str,
+    id: u32,
+) -> Option<SessionHead> {
     // The symlink is resolved by hand, not by the OS, because its target's path is what
     // names the SCSI host (`.../hostH/sessionN/iscsi_session/sessionN`).
-    let class_dir = resolve_in_root(root, link).unwrap_or_else(|| link.to_path_buf());
-    let target = read_attr(&class_dir.join("targetname")).ok()?;
+    let class_dir = match dirfd::read_link_at(class.fd(), name) {
+        Ok(target) => resolve_from(root, Path::new(ISCSI_SESSIONS), &target),
+        Err(_) => root.join(ISCSI_SESSIONS).join(name),
+    };
+    let device_dir = session_device_dir(root, &class_dir, name);
+    let device = device_dir
+        .as_deref()
+        .and_then(|d| DirFd::open(AT_FDCWD, d).ok());
+    // The attributes by the short path from the device directory when the class directory
+    // is inside it, as the kernel puts it.
+    let inside = device_dir
+        .as_deref()
+        .and_then(|d| class_dir.strip_prefix(d).ok());
+    let (base, attrs) = match (&device, inside) {
+        (Some(dev), Some(rel)) => (dev.fd(), rel),
+        _ => (AT_FDCWD, class_dir.as_path()),
+    };
+    let mut buf = [0u8; ATTR_MAX];
+    let target = dirfd::read_attr_at(base, &attrs.join("targetname"), &mut buf)
+        .ok()?
+        .into_owned();
     // username/password live here too: they are never read (CAP_SYS_ADMIN, and secrets).
-    let tpgt = read_attr(&class_dir.join("tpgt"))
+    let tpgt = dirfd::read_attr_at(base, &attrs.join("tpgt"), &mut buf)
         .ok()
         .and_then(|t| t.parse().ok());
-    let state = read_attr(&class_dir.join("state"))
+    let state = dirfd::read_attr_at(base, &attrs.join("state"), &mut buf)
         .map(|s| SessionState::parse(&s))
         .unwrap_or(SessionState::Unknown);
-    let device_dir = session_device_dir(root, &class_dir, name);
     let host = device_dir.as_deref().and_then(host_of);
-    let luns = device_dir.map(|d| lun_dirs(&d)).unwrap_or_default();
+    let targets = match (&device, &device_dir) {
+        (Some(dev), Some(dir)) => lun_targets(dev, dir),
+        _ => Vec::new(),
+    };
     Some(SessionHead {
         session: Session {
             id,
             target,
             tpgt,
-            portal: portal(root, id),
+            portal: connections.and_then(|c| portal(c, id, &mut buf)),
             state,
             host,
             devices: Vec::new(),
         },
-        luns,
+        targets,
     })
 }
 
@@ -329,14 +493,26 @@ fn host_of(session_device_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-fn portal(root: &Path, id: u32) -> Option<SocketAddr> {
-    let conn = root.join(format!("sys/class/iscsi_connection/connection{id}:0"));
-    let addr = read_attr(&conn.join("persistent_address")).ok()?;
-    let port = read_attr(&conn.join("persistent_port"))
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(SocketAddr::new(parse_ip(&addr)?, port))
+/// `persistent_address`:`persistent_port` of `connectionN:0` in `sys/class/iscsi_connection`.
+fn portal(connections: &DirFd, id: u32, buf: &mut [u8; ATTR_MAX]) -> Option<SocketAddr> {
+    let conn = format!("connection{id}:0");
+    let mut scratch = String::new();
+    let addr = dirfd::read_attr_at(
+        connections.fd(),
+        join_in(&mut scratch, &conn, "persistent_address"),
+        buf,
+    )
+    .ok()
+    .and_then(|a| parse_ip(&a))?;
+    let port = dirfd::read_attr_at(
+        connections.fd(),
+        join_in(&mut scratch, &conn, "persistent_port"),
+        buf,
+    )
+    .ok()?
+    .parse()
+    .ok()?;
+    Some(SocketAddr::new(addr, port))
 }
 
 /// An address as sysfs and open-iscsi print it: bare, IPv6 without brackets. A link-local
@@ -350,114 +526,127 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
 }
 
-/// Every `targetH:C:T/H:C:T:L` directory below a session's device directory.
-fn lun_dirs(session_device_dir: &Path) -> Vec<(Hctl, PathBuf)> {
+/// Every `targetH:C:T/H:C:T:L` directory below a session's device directory `dir`, open as
+/// `device`.
+fn lun_targets(device: &DirFd, dir: &Path) -> Vec<LunTarget> {
     let mut out = Vec::new();
-    for target in names(session_device_dir).unwrap_or_default() {
+    for target in device.names().unwrap_or_default() {
         if !target.starts_with("target") {
             continue;
         }
-        let target_dir = session_device_dir.join(&target);
-        for name in names(&target_dir).unwrap_or_default() {
-            if let Ok(hctl) = name.parse::<Hctl>() {
-                out.push((hctl, target_dir.join(name)));
-            }
+        let Ok(target_dir) = DirFd::open(device.fd(), target.as_str()) else {
+            continue;
+        };
+        let luns: Vec<(Hctl, String)> = target_dir
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| Some((name.parse().ok()?, name)))
+            .collect();
+        if !luns.is_empty() {
+            out.push(LunTarget {
+                dir: dir.join(&target),
+                luns,
+            });
         }
     }
     out
 }
 
-fn lun_device(blocks: &BlockIndex, dir: &Path, hctl: Hctl) -> Option<LunDevice> {
-    let state = match read_attr(&dir.join("state")) {
+/// The SCSI device `name` in its target directory `base` (Err: the directory could not be
+/// opened, which reads as each of its files would have).
+fn lun_device(
+    blocks: &BlockIndex,
+    base: Result<BorrowedFd<'_>, io::ErrorKind>,
+    name: &str,
+    hctl: Hctl,
+    scratch: &mut String,
+    buf: &mut [u8; ATTR_MAX],
+) -> Option<LunDevice> {
+    let state = base.and_then(|b| {
+        dirfd::read_attr_at(b, join_in(scratch, name, "state"), buf)
+            .map(Cow::into_owned)
+            .map_err(|e| e.kind())
+    });
+    let state = match state {
         Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(io::ErrorKind::NotFound) => return None,
         // Present but unreadable: keep the path, but never call it running.
         Err(_) => "unknown".to_string(),
     };
     // LIO answers ENXIO here until the backstore has a unit serial.
-    let wwid = read_attr(&dir.join("wwid"))
+    let wwid = base
         .ok()
+        .and_then(|b| dirfd::read_attr_at(b, join_in(scratch, name, "wwid"), buf).ok())
         .and_then(|w| Wwid::from_sysfs(&w).ok());
     Some(LunDevice {
         hctl,
         state,
         wwid,
-        disk: whole_disk(blocks, dir, hctl),
+        disk: whole_disk(blocks, base.ok(), name, hctl, buf),
     })
 }
 
 /// The disk of a SCSI device: the one the index found below it, or else (the disk came after
 /// the index was read) the first name in `H:C:T:L/block/` that is not a partition.
-fn whole_disk(blocks: &BlockIndex, dev_dir: &Path, hctl: Hctl) -> Option<BlockDev> {
-    if let Some((name, entry)) = blocks
+fn whole_disk(
+    blocks: &BlockIndex,
+    base: Option<BorrowedFd<'_>>,
+    dev_name: &str,
+    hctl: Hctl,
+    buf: &mut [u8; ATTR_MAX],
+) -> Option<BlockDev> {
+    if let Some((name, devnum)) = blocks
         .by_hctl
         .get(&hctl)
-        .and_then(|n| Some((n, blocks.devices.get(n)?)))
+        .and_then(|n| Some((n, *blocks.devnums.get(n)?)))
     {
         let present = blocks.dev_nodes.contains(name);
-        return blocks.block_dev(&entry.dir, name, Some(entry.devnum), present);
+        return Some(blocks.block_dev(name, devnum, present));
     }
-    let block_dir = dev_dir.join("block");
-    let mut candidates = names(&block_dir).ok()?;
+    let base = base?;
+    let block_dir = format!("{dev_name}/block");
+    let mut candidates = DirFd::open(base, block_dir.as_str()).ok()?.names().ok()?;
     candidates.sort();
     let name = candidates
         .into_iter()
-        .find(|n| !exists(&block_dir.join(n).join("partition")))?;
+        .find(|n| dirfd::kind_at(base, format!("{block_dir}/{n}/partition").as_str()).is_none())?;
+    let devnum = dirfd::read_attr_at(base, format!("{block_dir}/{name}/dev").as_str(), buf)
+        .ok()?
+        .parse()
+        .ok()?;
     let present = blocks.dev_nodes.contains(&name);
-    blocks.block_dev(&block_dir.join(&name), &name, None, present)
-}
-
-/// Every `dm-N` whose uuid is `mpath-<wwid>`, sorted by map name. kpartx partitions
-/// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
-fn maps(blocks: &BlockIndex) -> Vec<Map> {
-    let dms: Vec<(&String, &BlockEntry)> = blocks
-        .devices
-        .iter()
-        .filter(|(name, e)| e.is_virtual && name.starts_with("dm-"))
-        .collect();
-    let mut out = parallel_filter_map(&dms, |&(name, entry)| map(blocks, entry, name));
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-fn map(blocks: &BlockIndex, entry: &BlockEntry, kernel_name: &str) -> Option<Map> {
-    let uuid = read_attr(&entry.dir.join("dm/uuid")).ok()?;
-    let wwid = Wwid::from_str(uuid.strip_prefix("mpath-")?).ok()?;
-    let name = read_attr(&entry.dir.join("dm/name")).ok()?;
-    if name.is_empty() {
-        return None;
-    }
-    let suspended = read_attr(&entry.dir.join("dm/suspended")).is_ok_and(|s| s == "1");
-    let present = blocks.mapper_nodes.contains(&name);
-    let dev = blocks.block_dev(&entry.dir, kernel_name, Some(entry.devnum), present)?;
-    Some(Map {
-        slaves: blocks.slaves.get(kernel_name).cloned().unwrap_or_default(),
-        name,
-        wwid,
-        dev,
-        suspended,
-    })
+    Some(blocks.block_dev(&name, devnum, present))
 }
 
 /// Below this many items the reads run on the calling thread: starting threads costs more.
 const PARALLEL_MIN: usize = 256;
 const MAX_THREADS: usize = 8;
 
-/// `items.iter().filter_map(f)` on up to [`MAX_THREADS`] threads, in `items`' order. Reading
-/// sysfs is syscall-bound, so a few threads divide the wall time of a large host. A thread
-/// that cannot be started (or, impossibly, panics) has its share done here instead.
+/// `items.iter().filter_map(f)` on up to [`MAX_THREADS`] threads, in `items`' order.
 fn parallel_filter_map<T: Sync, U: Send>(
     items: &[T],
     f: impl Fn(&T) -> Option<U> + Sync,
 ) -> Vec<U> {
-    if items.len() < PARALLEL_MIN {
-        return items.iter().filter_map(&f).collect();
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS);
+    parallel_chunks(items, |chunk, out| out.extend(chunk.iter().filter_map(&f)))
+}
+
+/// `f` over consecutive chunks of `items`, one chunk per thread on up to [`MAX_THREADS`]
+/// threads, each pushing its results to its own vector; the results in `items`' order.
+/// Reading sysfs is syscall-bound, so a few threads divide the wall time of a large host. A
+/// thread that cannot be started (or, impossibly, panics) has its share done here instead.
+fn parallel_chunks<T: Sync, U: Send>(items: &[T], f: impl Fn(&[T], &mut Vec<U>) + Sync) -> Vec<U> {
+    let mut out = Vec::with_capacity(items.len());
+    let threads = if items.len() < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS)
+    };
     if threads < 2 {
-        return items.iter().filter_map(&f).collect();
+        f(items, &mut out);
+        return out;
     }
     let f = &f;
     std::thread::scope(|scope| {
@@ -467,20 +656,21 @@ fn parallel_filter_map<T: Sync, U: Send>(
                 let worker = std::thread::Builder::new()
                     .name("lk-observe".to_string())
                     .spawn_scoped(scope, move || {
-                        chunk.iter().filter_map(f).collect::<Vec<U>>()
+                        let mut part = Vec::with_capacity(chunk.len());
+                        f(chunk, &mut part);
+                        part
                     });
                 (chunk, worker)
             })
             .collect();
-        let mut out = Vec::with_capacity(items.len());
         for (chunk, worker) in workers {
             match worker.ok().and_then(|w| w.join().ok()) {
                 Some(part) => out.extend(part),
-                None => out.extend(chunk.iter().filter_map(f)),
+                None => f(chunk, &mut out),
             }
         }
-        out
-    })
+    });
+    out
 }
 
 /// Records in `etc/iscsi/nodes` (Debian) and `var/lib/iscsi/nodes` (upstream), sorted by
@@ -490,16 +680,21 @@ fn node_records(root: &Path) -> Result<Vec<NodeRecord>, ObserveError> {
     let mut out = Vec::new();
     for rel in ["etc/iscsi/nodes", "var/lib/iscsi/nodes"] {
         let dir = root.join(rel);
-        let targets = top_level_names(&dir)?;
-        if let Ok(m) = fs::metadata(&dir) {
-            if seen.contains(&(m.dev(), m.ino())) {
+        let Some((nodes, targets)) = top_level_dir(&dir)? else {
+            continue;
+        };
+        if let Ok(id) = nodes.identity() {
+            if seen.contains(&id) {
                 continue;
             }
-            seen.push((m.dev(), m.ino()));
+            seen.push(id);
         }
         for target in targets {
+            let Ok(target_fd) = DirFd::open(nodes.fd(), target.as_str()) else {
+                continue;
+            };
             let target_dir = dir.join(&target);
-            for portal in names(&target_dir).unwrap_or_default() {
+            for (portal, d_type) in typed_names(&target_fd) {
                 let Some((addr, tpgt)) = parse_portal_name(&portal) else {
                     let path = target_dir.join(&portal);
                     tracing::debug!(path = %path.display(), "not a node record; skipped");
@@ -512,14 +707,16 @@ fn node_records(root: &Path) -> Result<Vec<NodeRecord>, ObserveError> {
                     tpgt,
                     path,
                 };
-                match fs::metadata(&path) {
+                match kind(target_fd.fd(), &portal, d_type) {
                     // open-iscsi before svn r780 kept the record as the portal file itself.
-                    Ok(m) if m.is_file() => out.push(record(path)),
-                    Ok(m) if m.is_dir() => {
-                        for iface in names(&path).unwrap_or_default() {
-                            let file = path.join(&iface);
-                            if fs::metadata(&file).is_ok_and(|m| m.is_file()) {
-                                out.push(record(file));
+                    Some(SFlag::S_IFREG) => out.push(record(path)),
+                    Some(SFlag::S_IFDIR) => {
+                        let Ok(portal_fd) = DirFd::open(target_fd.fd(), portal.as_str()) else {
+                            continue;
+                        };
+                        for (iface, d_type) in typed_names(&portal_fd) {
+                            if kind(portal_fd.fd(), &iface, d_type) == Some(SFlag::S_IFREG) {
+                                out.push(record(path.join(&iface)));
                             }
                         }
                     }
@@ -532,6 +729,30 @@ fn node_records(root: &Path) -> Result<Vec<NodeRecord>, ObserveError> {
         (&a.target, a.portal, a.tpgt, &a.path).cmp(&(&b.target, b.portal, b.tpgt, &b.path))
     });
     Ok(out)
+}
+
+/// Entry names and types of a directory; empty when it cannot be listed.
+fn typed_names(dir: &DirFd) -> Vec<(String, DType)> {
+    let mut out = Vec::new();
+    let listed = dir.for_each_entry(|name, d_type| {
+        if let Ok(name) = std::str::from_utf8(name) {
+            out.push((name.to_string(), d_type));
+        }
+    });
+    if listed.is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// What the entry `name` of `base` is, symlinks followed (as `fs::metadata`): the type the
+/// listing gave, unless that is a link or unknown.
+fn kind(base: BorrowedFd<'_>, name: &str, d_type: DType) -> Option<SFlag> {
+    match d_type {
+        DT_REG => Some(SFlag::S_IFREG),
+        DT_DIR => Some(SFlag::S_IFDIR),
+        _ => dirfd::kind_at(base, name),
+    }
 }
 
 /// `<addr>,<port>,<tpgt>` or the old `<addr>,<port>` (TPGT -1). Split from the right so that
@@ -585,6 +806,11 @@ fn resolve_in_root(root: &Path, link: &Path) -> Option<PathBuf> {
 /// themselves symlinks.
 fn resolve_target(root: &Path, link: &Path, target: &Path) -> Option<PathBuf> {
     let link_dir = link.strip_prefix(root).ok()?.parent()?;
+    Some(resolve_from(root, link_dir, target))
+}
+
+/// [`resolve_target`] for a link in `link_dir`, given relative to `root`.
+fn resolve_from(root: &Path, link_dir: &Path, target: &Path) -> PathBuf {
     let mut parts: Vec<&OsStr> = Vec::new();
     if target.is_relative() {
         parts.extend(link_dir.components().filter_map(|c| match c {
@@ -603,62 +829,27 @@ fn resolve_target(root: &Path, link: &Path, target: &Path) -> Option<PathBuf> {
     }
     let mut out = root.to_path_buf();
     out.extend(parts);
-    Some(out)
+    out
 }
 
-/// A sysfs attribute, trailing newline and surrounding blanks removed. Attributes are at most
-/// a page, so one `read` into a page-sized buffer replaces `read_to_string`'s stat and
-/// second read: this runs several times for each of thousands of paths.
-fn read_attr(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    // A short read is the end: sysfs gives the whole attribute at once, and a small regular
-    // file (a fixture) is read whole too; the loop only covers reads interrupted early.
-    loop {
-        let want = buf.len() - len;
-        let n = match file.read(buf.get_mut(len..).unwrap_or_default()) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        len += n;
-        if n == 0 || n < want {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
-    Ok(text.trim().to_string())
-}
-
-fn exists(path: &Path) -> bool {
-    fs::metadata(path).is_ok()
-}
-
-/// Entry names of a directory; names that are not UTF-8 (never the case in sysfs) and entries
-/// that fail mid-listing are skipped.
-fn names(dir: &Path) -> io::Result<Vec<String>> {
-    Ok(fs::read_dir(dir)?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect())
-}
-
-fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut v = names(dir).unwrap_or_default();
-    v.sort();
-    v
+/// A top-level directory, open, and its entry names: absent is None, unreadable is an error.
+fn top_level_dir(dir: &Path) -> Result<Option<(DirFd, Vec<String>)>, ObserveError> {
+    let unreadable = |source| ObserveError::Unreadable {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let fd = match DirFd::open(AT_FDCWD, dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let names = fd.names().map_err(unreadable)?;
+    Ok(Some((fd, names)))
 }
 
 /// Names in a top-level directory: absent is empty, unreadable is an error.
 fn top_level_names(dir: &Path) -> Result<Vec<String>, ObserveError> {
-    match names(dir) {
-        Ok(v) => Ok(v),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(ObserveError::Unreadable {
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
+    Ok(top_level_dir(dir)?.map(|(_, n)| n).unwrap_or_default())
 }
 
 /// A top-level file: absent is None, unreadable is an error. Read to the end, because
@@ -720,7 +911,7 @@ mod tests {
         BlockDev {
             name: name.to_string(),
             devnum: devnum(8, minor),
-            size_sectors: 131_072,
+            size_sectors: 0,
             holders: holders.iter().map(|h| h.to_string()).collect(),
             partitions: Vec::new(),
             node_present: true,
@@ -783,7 +974,7 @@ mod tests {
                 dev: BlockDev {
                     name: "dm-0".to_string(),
                     devnum: devnum(254, 0),
-                    size_sectors: 131_072,
+                    size_sectors: 0,
                     holders: Vec::new(),
                     partitions: Vec::new(),
                     node_present: true,
@@ -851,10 +1042,7 @@ mod tests {
             .iter()
             .all(|s| s.target == VM_TARGET && s.tpgt == Some(1)));
         let m = &o.maps[0];
-        assert_eq!(
-            (m.name.as_str(), m.dev.devnum, m.dev.size_sectors),
-            (VM_WWID, devnum(254, 0), 131_072)
-        );
+        assert_eq!((m.name.as_str(), m.dev.devnum), (VM_WWID, devnum(254, 0)));
         assert_eq!(m.slaves, ["sda", "sdb"]);
         assert!(m.dev.node_present);
         let r = &o.node_records[0];
@@ -1119,14 +1307,24 @@ mod tests {
     }
 
     #[test]
-    fn a_disk_going_away_mid_read_leaves_the_device_without_disk() -> TestResult {
+    fn a_disk_going_away_leaves_the_device_without_disk() -> TestResult {
         let (dir, mut t) = fixture()?;
         t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
         t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
-        fs::remove_file(t.block_path("sda").ok_or("no sda")?.join("size"))?;
+        t.lun(1, 1, Some("sdb"), Some(NAA_B), "running")?;
+        // sda went before the index was read; sdb after it was, while its directory was read.
+        let sda = t.block_path("sda").ok_or("no sda")?;
+        fs::remove_file(dir.path().join("sys/dev/block/8:0"))?;
+        fs::remove_dir_all(&sda)?;
+        fs::remove_file(dir.path().join("sys/dev/block/8:16"))?;
+        fs::remove_file(t.block_path("sdb").ok_or("no sdb")?.join("dev"))?;
         let o = observe(dir.path())?;
-        assert_eq!(o.sessions[0].devices[0].disk, None);
-        assert_eq!(o.sessions[0].devices[0].wwid, Some(wwid(WWID)));
+        let d = &o.sessions[0].devices;
+        assert_eq!((d[0].disk.as_ref(), d[1].disk.as_ref()), (None, None));
+        assert_eq!(
+            (d[0].wwid.as_ref(), d[1].wwid.as_ref()),
+            (Some(&wwid(WWID)), Some(&wwid(WWID_B)))
+        );
         Ok(())
     }
 
@@ -1165,7 +1363,6 @@ mod tests {
         let o = observe(dir.path())?;
         let sda = o.sessions[0].devices[0].disk.clone().ok_or("no disk")?;
         let part = |name: &str, minor, holders: &[&str], node_present| BlockDev {
-            size_sectors: 65_536,
             node_present,
             ..disk(name, minor, holders)
         };
