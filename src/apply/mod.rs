@@ -108,9 +108,13 @@ pub async fn apply<H: Host + 'static>(
 ) -> Result<Report, ApplyError> {
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
     let deadline = Instant::now() + opts.timeout;
+    let began = Instant::now();
+    let (mut looks, mut looking) = (0u32, Duration::ZERO);
     loop {
         let started = Instant::now();
         let pass = engine.pass(desired).await?;
+        looks += 1;
+        looking += started.elapsed();
         // A look costs CPU the kernel, udev and multipathd need to make progress (observing
         // sysfs is mostly system time): waiting at least as long as the look took keeps
         // lunkeeper at half a CPU at most while it waits on them.
@@ -122,6 +126,12 @@ pub async fn apply<H: Host + 'static>(
                 // Killing the children of unfinished lanes; what they did is re-planned next time.
                 engine.abandon().await;
             }
+            tracing::info!(
+                looks,
+                looking_ms = looking.as_millis() as u64,
+                total_ms = began.elapsed().as_millis() as u64,
+                "apply finished"
+            );
             let volumes = engine.results(&pass.plan);
             let converged = volumes
                 .values()

@@ -363,7 +363,9 @@ fn plan_multipath(
         };
         let free = in_use(disk, &planner.observed.mounted, None).is_none();
         let wanted = path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name);
-        if wanted && free && disk.udev_initialized {
+        // Until udev has processed both the path and the map, multipathd defers (and later
+        // makes by itself) the addition: asking then only repeats what it will do anyway.
+        if wanted && free && disk.udev_initialized && map.dev.udev_initialized {
             actions.push(Action::AddPath {
                 disk: disk.name.clone(),
             });

@@ -601,3 +601,30 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_path_is_added_to_a_map_only_once_udev_has_processed_both() {
+    let sim = network();
+    let mut owned = Owned::default();
+    converge(
+        &sim,
+        &desired(vec![volume("db", TARGET_A, &[P1], 0)]),
+        &mut owned,
+    );
+    // A second path multipathd has not picked up (its WWID was not registered when it came).
+    let disk = {
+        let mut w = sim.lock();
+        let registered = std::mem::take(&mut w.observed.registered_wwids);
+        w.login_by_hand(TARGET_A, addr(P2), &[0]);
+        w.observed.registered_wwids = registered;
+        w.observed.sessions[1].devices[0].disk.clone().unwrap().name
+    };
+    owned.sessions.insert(key(TARGET_A, P2));
+    let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+    let add = Action::AddPath { disk };
+    let mut o = sim.snapshot();
+    assert!(plan(&d, &o, &owned).actions().any(|a| *a == add));
+    o.maps[0].dev.udev_initialized = false;
+    let p = plan(&d, &o, &owned);
+    assert!(!p.actions().any(|a| *a == add), "{:?}", actions(&p));
+}
