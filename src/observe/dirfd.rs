@@ -9,18 +9,22 @@
 //! where a plain `open` would.
 
 use std::borrow::Cow;
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 pub(super) use nix::fcntl::AT_FDCWD;
-use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::NixPath;
 
 /// Longest attribute read: sysfs shows at most a page.
 pub(super) const ATTR_MAX: usize = 4096;
+
+/// Longest path, NUL included.
+const PATH_MAX: usize = 4096;
 
 /// `d_type` of a directory entry (`DT_DIR`, `DT_REG`, ...), or `DT_UNKNOWN` (0) when the
 /// file system does not say.
@@ -174,12 +178,35 @@ fn trimmed(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// The target of a symlink. Read into a buffer on the stack: nix's `readlinkat` allocates a
+/// page, then shrinks and copies it, for each of the thousands of links of `sys/dev/block`.
 pub(super) fn read_link_at<P: ?Sized + NixPath>(
     base: BorrowedFd<'_>,
     path: &P,
 ) -> io::Result<PathBuf> {
-    let target: OsString = readlinkat(base, path)?;
-    Ok(PathBuf::from(target))
+    let mut buf = [0u8; PATH_MAX];
+    let n = path.with_nix_path(|p| {
+        // SAFETY: `p` is a NUL-terminated path, and the kernel writes at most `buf.len()`
+        // bytes into `buf`.
+        unsafe {
+            nix::libc::readlinkat(
+                base.as_raw_fd(),
+                p.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })?;
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // A target that fills the buffer may have been cut; PATH_MAX counts a NUL, so no path
+    // the kernel would follow is that long.
+    match buf.get(..n) {
+        Some(target) if n < buf.len() => Ok(PathBuf::from(OsStr::from_bytes(target))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "symlink target of PATH_MAX bytes or more",
+        )),
+    }
 }
 
 /// The type of what `path` names, symlinks followed (as `fs::metadata`); None when it
@@ -288,6 +315,9 @@ mod tests {
         assert!(base.names().is_err());
 
         assert_eq!(read_link_at(top.fd(), "link")?, PathBuf::from("sub"));
+        let long = format!("{}/x", "a".repeat(PATH_MAX - 10));
+        symlink(&long, d.join("long-link"))?;
+        assert_eq!(read_link_at(top.fd(), "long-link")?, PathBuf::from(&long));
         assert!(read_link_at(top.fd(), "sub").is_err());
         assert_eq!(kind_at(top.fd(), "link"), Some(SFlag::S_IFDIR));
         assert_eq!(kind_at(top.fd(), "file"), Some(SFlag::S_IFREG));

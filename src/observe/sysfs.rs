@@ -99,23 +99,34 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
 /// `run/udev/data`, with the `slaves/` and `dm/` attributes of the virtual devices.
 #[derive(Debug, Default)]
 struct BlockIndex {
-    /// Every block device, whole disks and partitions, by kernel name.
-    devnums: HashMap<String, DevNum>,
+    /// Every block device, whole disks and partitions, by kernel name; and names seen only as
+    /// a partition's disk or as a slave (a device that came or went while the index was read).
+    entries: HashMap<String, BlockEntry>,
     /// The disk sd made for each SCSI device (its directory is `.../H:C:T:L/block/sdX`).
     by_hctl: HashMap<Hctl, String>,
-    /// Disk name → its partitions (devices whose directory is inside the disk's).
-    partitions: HashMap<String, Vec<String>>,
-    /// `slaves/` of each virtual (stacking) device, sorted.
-    slaves: HashMap<String, Vec<String>>,
-    /// The inverse of `slaves`, which is exactly `holders/`: the kernel makes both links of a
-    /// pair together (`bd_link_disk_holder`), and only dm and md, both virtual, make them.
-    holders: HashMap<String, Vec<String>>,
-    /// The dm devices whose uuid is `mpath-<wwid>`.
-    mpaths: Vec<MpathDm>,
-    dev_nodes: HashSet<String>,
+    /// The dm devices whose uuid is `mpath-<wwid>`, sorted by map name, each with whether
+    /// `dev/mapper/<name>` exists.
+    mpaths: Vec<(MpathDm, bool)>,
+    /// Names in `dev` that are no indexed device.
+    other_dev_nodes: HashSet<String>,
     /// Entries of `run/udev/data` (`b8:16`): block devices udev has processed.
     udev_data: HashSet<DevNum>,
-    mapper_nodes: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct BlockEntry {
+    /// None for a name the index has only seen in another device's path or `slaves/`.
+    devnum: Option<DevNum>,
+    /// Devices whose directory is inside this one's.
+    partitions: Vec<String>,
+    /// `slaves/` of a virtual (stacking) device, sorted.
+    slaves: Vec<String>,
+    /// The inverse of `slaves`, which is exactly `holders/`: the kernel makes both links of a
+    /// pair together (`bd_link_disk_holder`), and only dm and md, both virtual, make them.
+    /// Sorted.
+    holders: Vec<String>,
+    /// Whether `dev/<name>` exists.
+    node_present: bool,
 }
 
 /// What `dm/` says of a multipath map.
@@ -149,9 +160,12 @@ impl BlockIndex {
                 Some((name, devnum, target))
             }),
         };
-        let names: HashSet<&str> = links.iter().map(|(n, ..)| n.as_str()).collect();
+        ix.entries.reserve(links.len());
+        for (name, devnum, _) in &links {
+            ix.update(name, |e| e.devnum = Some(*devnum));
+        }
         let mut virtual_dirs = Vec::new();
-        for (name, devnum, target) in &links {
+        for (name, _, target) in &links {
             // .../<parent>/<grandparent>/<name>, read from the end.
             let mut up = target
                 .components()
@@ -162,11 +176,9 @@ impl BlockIndex {
             let grandparent = up.next().unwrap_or_default();
             // A partition's directory is inside its disk's: `.../block/sda/sda1`, or
             // `.../nvme0/nvme0n1/nvme0n1p1` where disks have no `block` directory.
-            if names.contains(parent) || grandparent == "block" {
-                ix.partitions
-                    .entry(parent.to_string())
-                    .or_default()
-                    .push(name.clone());
+            let parent_is_device = ix.entries.get(parent).is_some_and(|e| e.devnum.is_some());
+            if parent_is_device || grandparent == "block" {
+                ix.update(parent, |e| e.partitions.push(name.clone()));
             } else if parent == "block" {
                 if let Ok(hctl) = grandparent.parse::<Hctl>() {
                     ix.by_hctl.insert(hctl, name.clone());
@@ -175,8 +187,8 @@ impl BlockIndex {
             if parent == "block" && grandparent == "virtual" {
                 virtual_dirs.push(resolve_from(root, Path::new(SYS_DEV_BLOCK), target));
             }
-            ix.devnums.insert(name.clone(), *devnum);
         }
+        drop(links);
         // Sorted, so that each thread opens the directory holding them (normally one,
         // `sys/devices/virtual/block`) once.
         virtual_dirs.sort();
@@ -195,55 +207,94 @@ impl BlockIndex {
         });
         for s in stacked {
             for slave in &s.slaves {
-                ix.holders
-                    .entry(slave.clone())
-                    .or_default()
-                    .push(s.name.clone());
+                ix.update(slave, |e| e.holders.push(s.name.clone()));
             }
-            ix.mpaths.extend(s.mpath);
-            ix.slaves.insert(s.name, s.slaves);
+            ix.mpaths.extend(s.mpath.map(|m| (m, false)));
+            ix.update(&s.name, |e| e.slaves = s.slaves);
         }
-        ix.holders.values_mut().for_each(|h| h.sort());
-        ix.dev_nodes = top_level_names(&root.join("dev"))?.into_iter().collect();
-        ix.udev_data = top_level_names(&root.join("run/udev/data"))?
-            .iter()
-            .filter_map(|n| n.strip_prefix('b')?.parse().ok())
-            .collect();
-        ix.mapper_nodes = top_level_names(&root.join("dev/mapper"))?
-            .into_iter()
-            .collect();
+        for e in ix.entries.values_mut() {
+            e.holders.sort();
+        }
+        if let Some((_, others)) = top_level_scan(&root.join("dev"), |name| {
+            let name = std::str::from_utf8(name).ok()?;
+            match ix.entries.get_mut(name) {
+                Some(e) => {
+                    e.node_present = true;
+                    None
+                }
+                None => Some(name.to_string()),
+            }
+        })? {
+            ix.other_dev_nodes = others.into_iter().collect();
+        }
+        ix.udev_data = top_level_scan(&root.join("run/udev/data"), |name| {
+            std::str::from_utf8(name.strip_prefix(b"b")?)
+                .ok()?
+                .parse()
+                .ok()
+        })?
+        .map(|(_, devnums)| devnums.into_iter().collect())
+        .unwrap_or_default();
+        ix.mpaths.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let mpaths = &mut ix.mpaths;
+        top_level_scan(&root.join("dev/mapper"), |name| {
+            let name = std::str::from_utf8(name).ok()?;
+            if let Ok(i) = mpaths.binary_search_by(|(m, _)| m.name.as_str().cmp(name)) {
+                if let Some((_, present)) = mpaths.get_mut(i) {
+                    *present = true;
+                }
+            }
+            None::<()>
+        })?;
         Ok(ix)
     }
 
-    /// A block device the index knows, with its partitions.
-    fn block_dev(&self, name: &str, devnum: DevNum, node_present: bool) -> BlockDev {
-        let mut partitions: Vec<BlockDev> = self
-            .partitions
-            .get(name)
+    /// Changes the entry of `name`, made if there is none; a name already there costs no
+    /// allocation.
+    fn update(&mut self, name: &str, f: impl FnOnce(&mut BlockEntry)) {
+        match self.entries.get_mut(name) {
+            Some(e) => f(e),
+            None => {
+                let mut e = BlockEntry::default();
+                f(&mut e);
+                self.entries.insert(name.to_string(), e);
+            }
+        }
+    }
+
+    /// A block device with its partitions; `devnum` None takes the index's.
+    fn block_dev(&self, name: &str, devnum: Option<DevNum>) -> Option<BlockDev> {
+        let entry = self.entries.get(name);
+        let devnum = match devnum {
+            Some(d) => d,
+            None => entry?.devnum?,
+        };
+        let mut partitions: Vec<BlockDev> = entry
             .into_iter()
-            .flatten()
+            .flat_map(|e| &e.partitions)
             .filter_map(|part| {
-                let devnum = *self.devnums.get(part)?;
-                Some(self.leaf(part, devnum, self.dev_nodes.contains(part)))
+                let e = self.entries.get(part)?;
+                Some(self.leaf(part, e.devnum?, Some(e)))
             })
             .collect();
         // Names share the disk's prefix, so shorter-then-lexical is numeric: sda2 before sda10.
         partitions.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
-        BlockDev {
+        Some(BlockDev {
             partitions,
-            ..self.leaf(name, devnum, node_present)
-        }
+            ..self.leaf(name, devnum, entry)
+        })
     }
 
     /// A block device without its partitions.
-    fn leaf(&self, name: &str, devnum: DevNum, node_present: bool) -> BlockDev {
+    fn leaf(&self, name: &str, devnum: DevNum, entry: Option<&BlockEntry>) -> BlockDev {
         BlockDev {
             name: name.to_string(),
             devnum,
             size_sectors: 0,
-            holders: self.holders.get(name).cloned().unwrap_or_default(),
+            holders: entry.map(|e| e.holders.clone()).unwrap_or_default(),
             partitions: Vec::new(),
-            node_present,
+            node_present: entry.is_some_and(|e| e.node_present)
+                || self.other_dev_nodes.contains(name),
             udev_initialized: self.udev_data.contains(&devnum),
         }
     }
@@ -252,22 +303,25 @@ impl BlockIndex {
     /// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
     fn into_maps(mut self) -> Vec<Map> {
         let mpaths = std::mem::take(&mut self.mpaths);
-        let mut out: Vec<Map> = mpaths
+        mpaths
             .into_iter()
-            .filter_map(|m| {
-                let devnum = *self.devnums.get(&m.kernel_name)?;
-                let present = self.mapper_nodes.contains(&m.name);
+            .filter_map(|(m, present)| {
+                let mut dev = self.block_dev(&m.kernel_name, None)?;
+                dev.node_present = present;
+                let slaves = self
+                    .entries
+                    .get_mut(&m.kernel_name)
+                    .map(|e| std::mem::take(&mut e.slaves))
+                    .unwrap_or_default();
                 Some(Map {
-                    dev: self.block_dev(&m.kernel_name, devnum, present),
-                    slaves: self.slaves.remove(&m.kernel_name).unwrap_or_default(),
+                    dev,
+                    slaves,
                     name: m.name,
                     wwid: m.wwid,
                     suspended: m.suspended,
                 })
             })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+            .collect()
     }
 }
 
@@ -596,13 +650,12 @@ fn whole_disk(
     hctl: Hctl,
     buf: &mut [u8; ATTR_MAX],
 ) -> Option<BlockDev> {
-    if let Some((name, devnum)) = blocks
+    if let Some(disk) = blocks
         .by_hctl
         .get(&hctl)
-        .and_then(|n| Some((n, *blocks.devnums.get(n)?)))
+        .and_then(|n| blocks.block_dev(n, None))
     {
-        let present = blocks.dev_nodes.contains(name);
-        return Some(blocks.block_dev(name, devnum, present));
+        return Some(disk);
     }
     let base = base?;
     let block_dir = format!("{dev_name}/block");
@@ -615,8 +668,7 @@ fn whole_disk(
         .ok()?
         .parse()
         .ok()?;
-    let present = blocks.dev_nodes.contains(&name);
-    Some(blocks.block_dev(&name, devnum, present))
+    blocks.block_dev(&name, Some(devnum))
 }
 
 /// Below this many items the reads run on the calling thread: starting threads costs more.
@@ -834,6 +886,17 @@ fn resolve_from(root: &Path, link_dir: &Path, target: &Path) -> PathBuf {
 
 /// A top-level directory, open, and its entry names: absent is None, unreadable is an error.
 fn top_level_dir(dir: &Path) -> Result<Option<(DirFd, Vec<String>)>, ObserveError> {
+    top_level_scan(dir, |name| {
+        Some(std::str::from_utf8(name).ok()?.to_string())
+    })
+}
+
+/// A top-level directory, open, and what `f` makes of each entry name (the directories of
+/// every device are read without a string per entry).
+fn top_level_scan<U>(
+    dir: &Path,
+    mut f: impl FnMut(&[u8]) -> Option<U>,
+) -> Result<Option<(DirFd, Vec<U>)>, ObserveError> {
     let unreadable = |source| ObserveError::Unreadable {
         path: dir.to_path_buf(),
         source,
@@ -843,13 +906,10 @@ fn top_level_dir(dir: &Path) -> Result<Option<(DirFd, Vec<String>)>, ObserveErro
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(unreadable(e)),
     };
-    let names = fd.names().map_err(unreadable)?;
-    Ok(Some((fd, names)))
-}
-
-/// Names in a top-level directory: absent is empty, unreadable is an error.
-fn top_level_names(dir: &Path) -> Result<Vec<String>, ObserveError> {
-    Ok(top_level_dir(dir)?.map(|(_, n)| n).unwrap_or_default())
+    let mut out = Vec::new();
+    fd.for_each_entry(|name, _| out.extend(f(name)))
+        .map_err(unreadable)?;
+    Ok(Some((fd, out)))
 }
 
 /// A top-level file: absent is None, unreadable is an error. Read to the end, because
