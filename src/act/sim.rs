@@ -69,7 +69,6 @@ fn blockdev(name: String, devnum: DevNum) -> BlockDev {
     BlockDev {
         name,
         devnum,
-        size_sectors: 131072,
         holders: Vec::new(),
         partitions: Vec::new(),
         node_present: true,

@@ -125,9 +125,6 @@ pub struct BlockDev {
     /// Kernel name: `sdc`, `dm-3`.
     pub name: String,
     pub devnum: DevNum,
-    /// 512-byte sectors. [`observe`](super::observe) leaves it 0: nothing reads it, and
-    /// reading `size` for every disk and map cost a seventh of a snapshot of a large host.
-    pub size_sectors: u64,
     /// Names in `holders/` (a dm map, an md array, ...).
     pub holders: Vec<String>,
     /// Partitions of this disk, with their own holders.

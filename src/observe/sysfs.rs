@@ -290,7 +290,6 @@ impl BlockIndex {
         BlockDev {
             name: name.to_string(),
             devnum,
-            size_sectors: 0,
             holders: entry.map(|e| e.holders.clone()).unwrap_or_default(),
             partitions: Vec::new(),
             node_present: entry.is_some_and(|e| e.node_present)
@@ -971,7 +970,6 @@ mod tests {
         BlockDev {
             name: name.to_string(),
             devnum: devnum(8, minor),
-            size_sectors: 0,
             holders: holders.iter().map(|h| h.to_string()).collect(),
             partitions: Vec::new(),
             node_present: true,
@@ -1034,7 +1032,6 @@ mod tests {
                 dev: BlockDev {
                     name: "dm-0".to_string(),
                     devnum: devnum(254, 0),
-                    size_sectors: 0,
                     holders: Vec::new(),
                     partitions: Vec::new(),
                     node_present: true,

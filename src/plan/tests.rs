@@ -498,7 +498,6 @@ fn a_mount_of_a_partition_counts_as_in_use() {
             major: 253,
             minor: 0,
         },
-        size_sectors: 1,
         holders: vec![],
         partitions: vec![],
         node_present: true,
