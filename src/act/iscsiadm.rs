@@ -2,7 +2,10 @@
 //! from open-iscsi's `include/iscsi_err.h`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use super::command::{self, CommandError, Finished};
 use crate::owned::SessionKey;
@@ -113,7 +116,17 @@ pub struct Iscsiadm {
     /// The node database (`/etc/iscsi/nodes` on Debian), where secrets are written directly.
     pub node_dirs: Vec<PathBuf>,
     pub timeout: Duration,
+    /// How many iscsiadm processes may run at once. Every `--login` reads every node record
+    /// under the database's global lock, so dozens at once only queue behind each other until
+    /// their deadlines kill them (64 at once did, under emulation).
+    pub slots: Arc<Semaphore>,
+    /// The database lock iscsiadm takes with link(2). A process killed while holding it
+    /// leaves it behind, and every later iscsiadm then waits 30 s for it and fails.
+    pub lock_file: PathBuf,
 }
+
+/// iscsiadm processes lunkeeper runs at once (see [`Iscsiadm::slots`]).
+pub const ISCSIADM_SLOTS: usize = 8;
 
 impl Default for Iscsiadm {
     fn default() -> Self {
@@ -124,6 +137,8 @@ impl Default for Iscsiadm {
                 PathBuf::from("/var/lib/iscsi/nodes"),
             ],
             timeout: Duration::from_secs(30),
+            slots: Arc::new(Semaphore::new(ISCSIADM_SLOTS)),
+            lock_file: PathBuf::from("/run/lock/iscsi/lock.write"),
         }
     }
 }
@@ -148,7 +163,14 @@ impl Iscsiadm {
         ok: &[Failure],
     ) -> Result<Done, IscsiadmError> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let Finished { code, stderr, .. } = command::run(&self.program, &args, timeout).await?;
+        // The deadline covers the process, not the wait for a slot. A closed semaphore cannot
+        // happen (nothing closes it); running without a slot is the harmless fallback.
+        let _slot = self.slots.acquire().await.ok();
+        let finished = command::run(&self.program, &args, timeout).await;
+        if matches!(finished, Err(CommandError::Timeout { .. })) {
+            self.clear_stale_lock(&Path::new("/proc"));
+        }
+        let Finished { code, stderr, .. } = finished?;
         match code {
             Some(0) => Ok(Done::Changed),
             Some(code) => {
@@ -165,6 +187,27 @@ impl Iscsiadm {
                 }
             }
             None => Err(IscsiadmError::Killed { op, stderr }),
+        }
+    }
+
+    /// Removes the database lock after lunkeeper killed an iscsiadm, if no iscsiadm process is
+    /// left that could hold it: otherwise every later iscsiadm call on the host (lunkeeper's
+    /// and everybody else's) fails until someone deletes the file by hand.
+    fn clear_stale_lock(&self, proc: &Path) {
+        if !self.lock_file.exists() || iscsiadm_running(proc) {
+            return;
+        }
+        match std::fs::remove_file(&self.lock_file) {
+            Ok(()) => tracing::warn!(
+                lock = %self.lock_file.display(),
+                "removed the iSCSI database lock a killed iscsiadm left behind"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(
+                lock = %self.lock_file.display(),
+                %error,
+                "could not remove the iSCSI database lock a killed iscsiadm left behind"
+            ),
         }
     }
 
@@ -281,6 +324,21 @@ impl Iscsiadm {
         }
         None
     }
+}
+
+/// Whether any process on the host is an iscsiadm (by `/proc/<pid>/comm`).
+fn iscsiadm_running(proc: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        // Cannot tell: assume one is, and leave the lock alone.
+        return true;
+    };
+    entries.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == "iscsiadm")
+    })
 }
 
 fn addr_text(key: &SessionKey) -> String {
@@ -431,6 +489,55 @@ mod tests {
         adm.delete_records(&key("127.0.0.2:3260")).unwrap();
         assert!(!t.exists(), "the empty target directory goes too");
         assert!(other.join("127.0.0.1,3260").exists());
+    }
+
+    #[test]
+    fn a_lock_left_by_a_killed_iscsiadm_is_removed_only_when_no_iscsiadm_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("1")).unwrap();
+        std::fs::write(proc.join("1/comm"), "init\n").unwrap();
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        let adm = Iscsiadm {
+            lock_file: dir.path().join("lock.write"),
+            ..Iscsiadm::default()
+        };
+        std::fs::create_dir_all(proc.join("77")).unwrap();
+        std::fs::write(proc.join("77/comm"), "iscsiadm\n").unwrap();
+        std::fs::write(&adm.lock_file, "").unwrap();
+        adm.clear_stale_lock(&proc);
+        assert!(adm.lock_file.exists(), "a live iscsiadm may hold it");
+        std::fs::remove_dir_all(proc.join("77")).unwrap();
+        adm.clear_stale_lock(&proc);
+        assert!(!adm.lock_file.exists());
+        adm.clear_stale_lock(&proc);
+        adm.clear_stale_lock(&dir.path().join("no-proc"));
+    }
+
+    #[tokio::test]
+    async fn iscsiadm_calls_beyond_the_slots_wait_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("fake-iscsiadm");
+        std::fs::write(&program, "#!/bin/sh\nsleep 0.3\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let adm = Iscsiadm {
+            program: program.display().to_string(),
+            slots: Arc::new(Semaphore::new(1)),
+            ..Iscsiadm::default()
+        };
+        let start = std::time::Instant::now();
+        let args = ["-m".to_string()];
+        let (a, b) = tokio::join!(
+            adm.call("test", &args, Duration::from_secs(5), &[]),
+            adm.call("test", &args, Duration::from_secs(5), &[]),
+        );
+        assert!(a.is_ok() && b.is_ok());
+        assert!(
+            start.elapsed() >= Duration::from_millis(600),
+            "one slot runs them one after the other: {:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -274,22 +274,6 @@ run_one() {
 # Idle cost of the daemon with T1 attached
 # ---------------------------------------------------------------------------------------------
 
-cpu_ticks() {
-  local f
-  read -r -a f <"/proc/$1/stat"
-  echo $((f[13] + f[14]))
-}
-# "<voluntary> <nonvoluntary>" summed over the live threads.
-switches() {
-  local t v=0 n=0 a b
-  for t in /proc/"$1"/task/*; do
-    a=$(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
-    b=$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
-    v=$((v + ${a:-0})) n=$((n + ${b:-0}))
-  done
-  echo "$v $n"
-}
-status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 daemon_all_ready() {
   python3 -c "
 import json, sys
@@ -306,29 +290,7 @@ idle_cost() {
   lk_check_wait "idle: the daemon brings T1 ($n volumes) to ready" 600 daemon_all_ready "$n"
   lk_log "idle: daemon ready after $(($(_lk_now_ms) - t0)) ms; letting the follow-up looks end"
   sleep 5 # not a synchronisation: the 2 s of follow-up looks after the last event must end
-  local c0 c1 s0 s1 tick
-  tick=$(getconf CLK_TCK)
-  c0=$(cpu_ticks "$dpid")
-  read -r -a s0 <<<"$(switches "$dpid")"
-  sleep "$IDLE_SECS"
-  c1=$(cpu_ticks "$dpid")
-  read -r -a s1 <<<"$(switches "$dpid")"
-  local threads hwm rss
-  threads=$(find "/proc/$dpid/task" -mindepth 1 -maxdepth 1 | wc -l)
-  hwm=$(status_kb "$dpid" VmHWM)
-  rss=$(status_kb "$dpid" VmRSS)
-  python3 - "$IDLE_SECS" "$tick" "$((c1 - c0))" "$((s1[0] - s0[0]))" "$((s1[1] - s0[1]))" "$threads" "$hwm" "$rss" "$n" >"$OUT/idle.json" <<'EOF'
-import json, sys
-secs, tick, ticks, vol, nonvol, threads, hwm, rss, n = map(int, sys.argv[1:])
-print(json.dumps({
-    "volumes": n, "seconds": secs,
-    "cpu_seconds": ticks / tick,
-    "voluntary_switches_per_second": vol / secs,
-    "involuntary_switches_per_second": nonvol / secs,
-    "wakeups_per_second": (vol + nonvol) / secs,
-    "threads": threads, "vm_hwm_kib": hwm, "vm_rss_kib": rss,
-}))
-EOF
+  python3 "$BENCH_DIR/idle.py" "$dpid" "$IDLE_SECS" "$n" >"$OUT/idle.json"
   lk_log "idle: $(cat "$OUT/idle.json")"
   kill -TERM "$dpid"
   wait "$dpid" || true
@@ -345,8 +307,8 @@ lk_boot_stack --find-multipaths no
 {
   echo "kernel $(uname -r); $(nproc) vCPUs (TCG); $(iscsiadm --version); multipath-tools $(multipath -h 2>&1 | awk 'NR==1 {print $2}')"
   # From the dist-info name: importing anything in Python costs seconds under emulation.
-  brick=("${OSBRICK_PY%/bin/*}"/lib/python3*/site-packages/os_brick-*.dist-info)
-  brick=${brick[0]:-missing}
+  dists=("${OSBRICK_PY%/bin/*}"/lib/python3*/site-packages/os_brick-*.dist-info)
+  brick=${dists[0]:-missing}
   brick=${brick##*/os_brick-}
   echo "os-brick ${brick%.dist-info}"
   echo "lunkeeper $("$LK" --version 2>/dev/null || echo '?') ($LK)"
