@@ -168,7 +168,7 @@ impl Iscsiadm {
         let _slot = self.slots.acquire().await.ok();
         let finished = command::run(&self.program, &args, timeout).await;
         if matches!(finished, Err(CommandError::Timeout { .. })) {
-            self.clear_stale_lock(&Path::new("/proc"));
+            self.clear_stale_lock(Path::new("/proc"));
         }
         let Finished { code, stderr, .. } = finished?;
         match code {
