@@ -351,7 +351,7 @@ fn next_wake(waiting: bool, poll: Duration, release: Option<Instant>) -> Option<
 fn resync_timer(desired: Option<&Desired>) -> tokio::time::Interval {
     let every = desired
         .map(|d| d.daemon.resync_interval)
-        .unwrap_or(Duration::from_secs(60));
+        .unwrap_or(Duration::from_secs(300));
     let mut t = tokio::time::interval_at(Instant::now() + every, every);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t

@@ -52,7 +52,9 @@ const RESYNC_INTERVAL: Seconds = Seconds {
     name: "resync_interval",
     min: 1,
     max: 86400,
-    default: 60,
+    // A safety net behind udev and iSCSI events: each look wakes the daemon and a blocking
+    // thread, so every 5 minutes keeps an idle daemon under 0.05 wake-ups per second.
+    default: 300,
 };
 
 /// A TOML integer of any size. Reading into this rather than `u32` lets a negative or huge
@@ -1128,7 +1130,7 @@ replacement_timeout = 5    # seconds (u32, 1..=3600) -> default 5
 login_timeout = 15         # seconds (1..=600) lunkeeper waits for one login -> default 15
 
 [daemon]                   # optional
-resync_interval = 60       # seconds, 1..=86400, default 60 -> DaemonSettings.resync_interval
+resync_interval = 300      # seconds, 1..=86400, default 300 -> DaemonSettings.resync_interval
 
 [[volume]]
 name = "db-data"                        # unique; must match [a-z0-9][a-z0-9._-]{0,62}

@@ -31,7 +31,7 @@ pub struct DaemonSettings {
 impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
-            resync_interval: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }
