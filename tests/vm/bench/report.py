@@ -64,6 +64,9 @@ def markdown(summary, idle, meta):
     lines = []
     if meta.get("date") or meta.get("machine"):
         lines.append("Measured %s on %s." % (meta.get("date", "?"), meta.get("machine", "?")))
+    if meta.get("versions"):
+        lines.append("Guest: %s." % "; ".join(meta["versions"]))
+    if len(lines):
         lines.append("")
     for topo in sorted(summary):
         for phase in ("attach", "detach"):
@@ -122,7 +125,7 @@ def main():
     doc = {"meta": dict(meta, versions=versions), "summary": summary, "idle": idle, "runs": rows}
     with open(os.path.join(a.dir, "bench.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    md = markdown(summary, idle, meta)
+    md = markdown(summary, idle, dict(meta, versions=versions))
     with open(os.path.join(a.dir, "bench.md"), "w") as f:
         f.write(md + "\n")
     print(md)
