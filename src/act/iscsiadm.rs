@@ -125,6 +125,10 @@ pub struct Iscsiadm {
     pub lock_file: PathBuf,
 }
 
+/// A database lock held this long is not held by a working process: iscsiadm itself gives up
+/// waiting for it after 30 s, and holders keep it for milliseconds.
+const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+
 /// iscsiadm processes lunkeeper runs at once (see [`Iscsiadm::slots`]).
 pub const ISCSIADM_SLOTS: usize = 8;
 
@@ -168,7 +172,7 @@ impl Iscsiadm {
         let _slot = self.slots.acquire().await.ok();
         let finished = command::run(&self.program, &args, timeout).await;
         if matches!(finished, Err(CommandError::Timeout { .. })) {
-            self.clear_stale_lock(Path::new("/proc"));
+            self.clear_stale_lock(Path::new("/proc"), STALE_LOCK_AGE);
         }
         let Finished { code, stderr, .. } = finished?;
         match code {
@@ -191,10 +195,20 @@ impl Iscsiadm {
     }
 
     /// Removes the database lock after lunkeeper killed an iscsiadm, if no iscsiadm process is
-    /// left that could hold it: otherwise every later iscsiadm call on the host (lunkeeper's
-    /// and everybody else's) fails until someone deletes the file by hand.
-    fn clear_stale_lock(&self, proc: &Path) {
-        if !self.lock_file.exists() || iscsiadm_running(proc) {
+    /// left that could hold it and nobody has taken it for `min_age` (link(2) sets the lock's
+    /// ctime; iscsid takes it too, for milliseconds): otherwise every later iscsiadm call on
+    /// the host (lunkeeper's and everybody else's) fails until someone deletes it by hand.
+    fn clear_stale_lock(&self, proc: &Path, min_age: Duration) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::symlink_metadata(&self.lock_file) else {
+            return;
+        };
+        let taken =
+            std::time::UNIX_EPOCH + Duration::from_secs(meta.ctime().try_into().unwrap_or(0));
+        let fresh = std::time::SystemTime::now()
+            .duration_since(taken)
+            .map_or(true, |age| age < min_age);
+        if fresh || iscsiadm_running(proc) {
             return;
         }
         match std::fs::remove_file(&self.lock_file) {
@@ -492,12 +506,11 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_left_by_a_killed_iscsiadm_is_removed_only_when_no_iscsiadm_runs() {
+    fn a_lock_left_by_a_killed_iscsiadm_is_removed_only_when_nobody_can_hold_it() {
         let dir = tempfile::tempdir().unwrap();
         let proc = dir.path().join("proc");
         std::fs::create_dir_all(proc.join("1")).unwrap();
         std::fs::write(proc.join("1/comm"), "init\n").unwrap();
-        std::fs::create_dir_all(proc.join("self")).unwrap();
         let adm = Iscsiadm {
             lock_file: dir.path().join("lock.write"),
             ..Iscsiadm::default()
@@ -505,13 +518,16 @@ mod tests {
         std::fs::create_dir_all(proc.join("77")).unwrap();
         std::fs::write(proc.join("77/comm"), "iscsiadm\n").unwrap();
         std::fs::write(&adm.lock_file, "").unwrap();
-        adm.clear_stale_lock(&proc);
+        adm.clear_stale_lock(&proc, Duration::ZERO);
         assert!(adm.lock_file.exists(), "a live iscsiadm may hold it");
         std::fs::remove_dir_all(proc.join("77")).unwrap();
-        adm.clear_stale_lock(&proc);
+        adm.clear_stale_lock(&proc, Duration::from_secs(3600));
+        assert!(adm.lock_file.exists(), "taken recently: may be iscsid's");
+        adm.clear_stale_lock(&dir.path().join("no-proc"), Duration::ZERO);
+        assert!(adm.lock_file.exists(), "no /proc to tell: left alone");
+        adm.clear_stale_lock(&proc, Duration::ZERO);
         assert!(!adm.lock_file.exists());
-        adm.clear_stale_lock(&proc);
-        adm.clear_stale_lock(&dir.path().join("no-proc"));
+        adm.clear_stale_lock(&proc, Duration::ZERO);
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ pub struct RealHostConfig {
     pub root: PathBuf,
     pub iscsiadm: Iscsiadm,
     pub multipathd: Multipathd,
-    /// Built from `root` when the host is made.
+    /// How long to wait for another writer's lock on `etc/multipath/wwids` below `root`.
     pub wwids_lock_timeout: Duration,
     /// A targeted scan waits for the target to answer INQUIRY and friends.
     pub scan_timeout: Duration,

@@ -185,6 +185,15 @@ mod tests {
         Wwid::from_str(s).unwrap()
     }
 
+    /// A wwids file below a fresh root, holding `text`.
+    fn existing(text: &str) -> (tempfile::TempDir, WwidsFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = WwidsFile::new(wwids_path(dir.path()));
+        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
+        std::fs::write(&f.path, text).unwrap();
+        (dir, f)
+    }
+
     #[tokio::test]
     async fn add_creates_the_file_with_multipaths_header_and_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
@@ -200,10 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn add_keeps_other_lines_and_ends_an_unterminated_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = WwidsFile::new(wwids_path(dir.path()));
-        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
-        std::fs::write(&f.path, "# hand\n/3600a/").unwrap();
+        let (_dir, f) = existing("# hand\n/3600a/");
         assert!(f.add(&wwid("3600b")).await.unwrap());
         assert_eq!(
             std::fs::read_to_string(&f.path).unwrap(),
@@ -213,10 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wwid_that_only_prefixes_another_is_not_taken_for_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = WwidsFile::new(wwids_path(dir.path()));
-        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
-        std::fs::write(&f.path, "/3600abc/\n").unwrap();
+        let (_dir, f) = existing("/3600abc/\n");
         assert!(f.add(&wwid("3600ab")).await.unwrap());
         assert!(!f.remove(&wwid("3600a")).await.unwrap());
         assert_eq!(
@@ -227,10 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn remove_comments_the_line_out_in_place_like_multipath_w() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = WwidsFile::new(wwids_path(dir.path()));
-        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
-        std::fs::write(&f.path, "# c\n/3600a/\n  /3600b/\n/3600c/\n").unwrap();
+        let (_dir, f) = existing("# c\n/3600a/\n  /3600b/\n/3600c/\n");
         assert!(f.remove(&wwid("3600b")).await.unwrap());
         assert!(!f.remove(&wwid("3600b")).await.unwrap());
         assert_eq!(
@@ -250,10 +250,7 @@ mod tests {
     #[tokio::test]
     async fn a_lock_held_by_another_process_times_out_with_a_clear_error() {
         use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = WwidsFile::new(wwids_path(dir.path()));
-        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
-        std::fs::write(&f.path, "").unwrap();
+        let (_dir, mut f) = existing("");
         f.lock_timeout = Duration::from_millis(100);
         // fcntl locks belong to a process, so the holder must be another one; Python's lockf
         // takes the same kind of lock libmultipath does.
