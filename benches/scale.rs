@@ -348,6 +348,8 @@ fn build_host(root: &Path, shape: Shape) -> Result<(String, Owned)> {
                     target: target.clone(),
                     lun: Lun(u32::try_from(l)?),
                     wwid: Some(wwid),
+                    attached: true,
+                    ..Default::default()
                 },
             );
         }

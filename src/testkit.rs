@@ -49,6 +49,13 @@ pub fn volume(name: &str, target: &str, portals: &[&str], lun: u32) -> Volume {
     }
 }
 
+/// The volume with its portal `index` written as a host name (resolve it with
+/// `observed.resolved` in the simulation).
+pub fn named_portal(mut v: Volume, index: usize, name: &str) -> Volume {
+    v.portals[index].host = PortalHost::Name(name.to_string());
+    v
+}
+
 pub fn absent(mut v: Volume) -> Volume {
     v.state = VolumeState::Absent;
     v

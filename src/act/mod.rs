@@ -58,7 +58,7 @@ impl ActError {
                 e.failure(),
                 Some(iscsiadm::Failure::AuthFailed | iscsiadm::Failure::FatalLogin)
             ),
-            ActError::Secret { .. } => true,
+            // A secret file being rewritten, or briefly unreadable, is no reason to give up.
             _ => false,
         }
     }

@@ -40,11 +40,29 @@ pub struct SimWorld {
     /// Like multipathd under `find_multipaths strict` when the WWID is registered before udev
     /// has passed the paths' uevents on: the map forms without anyone asking.
     pub maps_from_uevents: bool,
+    /// Failures to inject.
+    pub faults: SimFaults,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
     next_disk: u32,
     next_dm: u32,
+}
+
+/// What can go wrong on a host, on demand.
+#[derive(Debug, Default, Clone)]
+pub struct SimFaults {
+    /// Host names do not resolve: observations carry no resolved portal names.
+    pub dns_down: bool,
+    /// iscsid does not answer: every iscsiadm action fails with exit 20.
+    pub iscsid_down: bool,
+    /// CHAP secret files cannot be read.
+    pub secret_unreadable: bool,
+    /// The process dies after this many more actions: the last one is carried out, but its
+    /// caller never hears back, and no later action runs.
+    pub crash_after: Option<usize>,
+    /// Set once the crash has happened.
+    pub crashed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +129,21 @@ impl SimWorld {
             .sessions
             .iter_mut()
             .find(|s| s.target == target && s.portal == Some(portal))
+    }
+
+    /// A node record made by hand (or by `iscsiadm -m discovery`), outside lunkeeper.
+    pub fn node_record_by_hand(&mut self, target: &str, portal: SocketAddr) {
+        self.node_users.insert((target.to_string(), portal), None);
+        self.observed.node_records.push(NodeRecord {
+            target: target.to_string(),
+            portal,
+            tpgt: 1,
+            path: PathBuf::from(format!(
+                "/etc/iscsi/nodes/{target}/{},{},1/default",
+                portal.ip(),
+                portal.port()
+            )),
+        });
     }
 
     /// Logs in by hand, as an operator or a boot script would, outside lunkeeper.
@@ -233,9 +266,55 @@ impl SimWorld {
 
     fn execute(&mut self, action: &Action) -> Result<Outcome, ActError> {
         self.log.push(action.clone());
+        if let Some(e) = self.injected_failure(action) {
+            return Err(e);
+        }
         let r = self.apply(action);
         self.set_holders();
         r
+    }
+
+    fn injected_failure(&self, action: &Action) -> Option<ActError> {
+        let op = match action {
+            Action::EnsureNode { .. } => "new node",
+            Action::Login { .. } => "login",
+            Action::Logout { .. } => "logout",
+            Action::DeleteNode { .. } => "delete node",
+            _ => return None,
+        };
+        if self.faults.iscsid_down {
+            return Some(iscsi_failure(op, 20));
+        }
+        if let Action::EnsureNode {
+            settings: crate::plan::NodeSettings {
+                chap: Some(chap), ..
+            },
+            ..
+        } = action
+        {
+            if self.faults.secret_unreadable {
+                return Some(ActError::Secret {
+                    path: chap.password_file.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                });
+            }
+        }
+        None
+    }
+
+    /// Counts an action towards an injected crash; true when the process is dead by now.
+    fn crashes(&mut self) -> bool {
+        if self.faults.crashed {
+            return true;
+        }
+        if let Some(left) = &mut self.faults.crash_after {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.faults.crash_after = None;
+                self.faults.crashed = true;
+            }
+        }
+        false
     }
 
     fn apply(&mut self, action: &Action) -> Result<Outcome, ActError> {
@@ -480,11 +559,28 @@ impl Host for SimHost {
         }
         world.add_path_lag = lag;
         world.set_holders();
-        Ok(world.observed.clone())
+        let mut observed = world.observed.clone();
+        if world.faults.dns_down {
+            observed.resolved.clear();
+        }
+        Ok(observed)
     }
 
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
-        self.lock().execute(action)
+        let result = {
+            let mut world = self.lock();
+            if world.crashes() {
+                None
+            } else {
+                let r = world.execute(action);
+                (!world.faults.crashed).then_some(r)
+            }
+        };
+        match result {
+            Some(r) => r,
+            // A dead process hears nothing back.
+            None => std::future::pending().await,
+        }
     }
 }
 

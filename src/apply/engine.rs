@@ -11,7 +11,7 @@ use tracing::{info, warn, Instrument};
 use super::holds::{Holds, RetryPolicy};
 use super::{ApplyError, Executed, VolumeResult};
 use crate::act::{ActError, Host, Outcome};
-use crate::desired::{Desired, VolumeState};
+use crate::desired::Desired;
 use crate::observe::Observed;
 use crate::owned::{Owned, OwnedStore};
 use crate::plan::{self, ownership, Action, Lane, Plan, Subject, Verdict};
@@ -45,16 +45,21 @@ struct LaneDone {
 pub struct Engine<H: Host + 'static> {
     host: Rc<H>,
     store: OwnedStore,
+    /// What lunkeeper owns, as last written to the store.
     owned: Owned,
-    /// Volumes lunkeeper owned before this engine started: their state is not rolled back.
-    owned_at_start: BTreeSet<String>,
+    /// Releases recorded since the last successful save: written before anything else is done.
+    unsaved: bool,
     holds: Holds,
     policy: RetryPolicy,
     errors: BTreeMap<String, String>,
     failed: BTreeSet<String>,
     running: BTreeSet<Subject>,
     tasks: JoinSet<LaneDone>,
-    executed: Vec<Executed>,
+    /// Every action done, in order: kept for `apply`, which reports them; the daemon runs for
+    /// months and keeps only the counters.
+    executed: Option<Vec<Executed>>,
+    /// Actions done (that changed something) by kind, for the daemon's life.
+    changed: BTreeMap<&'static str, u64>,
 }
 
 impl<H: Host + 'static> Engine<H> {
@@ -63,16 +68,28 @@ impl<H: Host + 'static> Engine<H> {
         Ok(Engine {
             host,
             store,
-            owned_at_start: owned.volumes.keys().cloned().collect(),
             owned,
+            unsaved: false,
             holds: Holds::default(),
             policy,
             errors: BTreeMap::new(),
             failed: BTreeSet::new(),
             running: BTreeSet::new(),
             tasks: JoinSet::new(),
-            executed: Vec::new(),
+            executed: Some(Vec::new()),
+            changed: BTreeMap::new(),
         })
+    }
+
+    /// Keeps counters only, not the list of every action done (for a long-running daemon).
+    pub fn without_log(mut self) -> Self {
+        self.executed = None;
+        self
+    }
+
+    /// Actions that changed something, by kind, since the engine started.
+    pub fn changed_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.changed
     }
 
     pub fn is_running(&self) -> bool {
@@ -84,7 +101,7 @@ impl<H: Host + 'static> Engine<H> {
     }
 
     pub fn executed(&self) -> &[Executed] {
-        &self.executed
+        self.executed.as_deref().unwrap_or_default()
     }
 
     pub fn next_release(&self) -> Option<tokio::time::Instant> {
@@ -101,27 +118,42 @@ impl<H: Host + 'static> Engine<H> {
         self.holds = Holds::default();
     }
 
+    /// Writes what lunkeeper owns; on failure the records in memory stay as they were, so
+    /// nothing is acted on that the store does not know.
+    fn save(&mut self, owned: Owned) -> Result<(), ApplyError> {
+        self.store.save(&owned)?;
+        self.owned = owned;
+        self.unsaved = false;
+        Ok(())
+    }
+
     /// Observes, plans and starts every runnable lane that is not running already.
     /// Must run inside a `LocalSet`.
     pub async fn pass(&mut self, desired: &Desired) -> Result<Pass, ApplyError> {
-        let effective = self.rollback_failed(desired);
-        let observed = self.host.observe(&effective).await?;
-        let mut plan = plan::plan(&effective, &observed, &self.owned);
-        self.skip_failed(&mut plan, &effective, &observed);
+        if self.unsaved {
+            // A release that could not be written is retried before anything is planned.
+            self.save(self.owned.clone())?;
+        }
+        let observed = self.host.observe(desired).await?;
+        let mut plan = plan::plan_with(desired, &observed, &self.owned, &self.failed);
+        self.holds.retain_planned(&plan);
         self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
 
+        // Claims are written before any action runs: after a crash lunkeeper still knows what
+        // it may have created. If they cannot be written, nothing runs.
+        let mut claims = self.owned.clone();
         let mut claimed = false;
         for action in plan.actions() {
-            claimed |= ownership::claim(&mut self.owned, action);
+            claimed |= ownership::claim(&mut claims, action);
         }
         if claimed {
-            self.store.save(&self.owned)?;
+            self.save(claims)?;
         }
         let started = plan.lanes.len();
         for lane in &plan.lanes {
             self.running.insert(lane.subject.clone());
-            let users = volumes_of(&lane.subject, &effective, &observed);
+            let users = volumes_of(&lane.subject, desired, &observed);
             let host = Rc::clone(&self.host);
             let lane = lane.clone();
             self.tasks.spawn_local(run_lane(host, lane, users));
@@ -166,11 +198,17 @@ impl<H: Host + 'static> Engine<H> {
         for (action, outcome) in &done.done {
             dirty |= ownership::release(&mut self.owned, action);
             self.holds.succeeded(action, &self.policy);
-            self.executed.push(Executed {
-                subject: done.lane.subject.clone(),
-                action: action.clone(),
-                changed: *outcome == Outcome::Changed,
-            });
+            let changed = *outcome == Outcome::Changed;
+            if changed {
+                *self.changed.entry(action.kind()).or_default() += 1;
+            }
+            if let Some(executed) = &mut self.executed {
+                executed.push(Executed {
+                    subject: done.lane.subject.clone(),
+                    action: action.clone(),
+                    changed,
+                });
+            }
         }
         if let Some((action, error)) = &done.failed {
             self.holds.failed(action, &self.policy);
@@ -182,8 +220,15 @@ impl<H: Host + 'static> Engine<H> {
                 }
             }
         }
-        if dirty {
-            self.store.save(&self.owned)?;
+        if dirty || self.unsaved {
+            // A release not written only leaves a record of something already gone; the next
+            // pass writes it before planning.
+            if let Err(e) = self.store.save(&self.owned) {
+                warn!(error = %e, "cannot write ownership records; trying again before the next step");
+                self.unsaved = true;
+            } else {
+                self.unsaved = false;
+            }
         }
         Ok(true)
     }
@@ -216,36 +261,6 @@ impl<H: Host + 'static> Engine<H> {
                 )
             })
             .collect()
-    }
-
-    /// A volume whose first attach failed for good is rolled back: planned as absent, so what
-    /// was created for it (node records, a session) is removed again. One that was attached
-    /// before is left as it is.
-    fn rollback_failed(&self, desired: &Desired) -> Desired {
-        let mut effective = desired.clone();
-        for v in effective.volumes.iter_mut() {
-            let name = v.name.as_str();
-            if self.failed.contains(name) && !self.owned_at_start.contains(name) {
-                v.state = VolumeState::Absent;
-            }
-        }
-        effective
-    }
-
-    /// Drops the lanes of failed volumes that keep their state.
-    fn skip_failed(&self, plan: &mut Plan, desired: &Desired, observed: &Observed) {
-        let kept: BTreeSet<&String> = self
-            .failed
-            .iter()
-            .filter(|n| self.owned_at_start.contains(*n))
-            .collect();
-        if kept.is_empty() {
-            return;
-        }
-        plan.lanes.retain(|lane| {
-            let users = volumes_of(&lane.subject, desired, observed);
-            users.is_empty() || !users.iter().all(|u| kept.contains(u))
-        });
     }
 }
 

@@ -51,6 +51,14 @@ impl Holds {
         self.until.insert(action.clone(), Instant::now() + delay);
     }
 
+    /// Forgets actions the plan no longer has (a failed login the file no longer asks for):
+    /// holds are only for what is still wanted, and they must not pile up over a long run.
+    pub fn retain_planned(&mut self, plan: &Plan) {
+        let planned: HashSet<&Action> = plan.actions().collect();
+        self.until.retain(|a, _| planned.contains(a));
+        self.failures.retain(|a, _| planned.contains(a));
+    }
+
     /// The earliest moment a held action becomes runnable again.
     pub fn next_release(&self) -> Option<Instant> {
         self.until.values().min().copied()

@@ -129,7 +129,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
 
-    let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?;
+    let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?.without_log();
     let mut config = Config::load(&opts.config);
     let mut resync = resync_timer(config.desired.as_ref());
     let started = Instant::now();

@@ -95,7 +95,9 @@ impl fmt::Display for TargetName {
 }
 
 /// A SCSI logical unit number as the operator writes it (0..=16383, flat space addressing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lun(pub u32);
 

@@ -18,12 +18,16 @@ pub enum Action {
         target: String,
         lun: Lun,
         wwid: Option<Wwid>,
+        /// The LUN was attached already when lunkeeper took the volume on.
+        adopted: bool,
+        /// The volume has been usable.
+        attached: bool,
     },
     /// Forget a volume that has nothing left on the host, or that another name now claims.
     DisownVolume {
         volume: String,
     },
-    /// Take over an existing session that exactly matches a present volume.
+    /// Use an existing session that exactly matches a present volume; it is never logged out.
     AdoptSession {
         session: SessionKey,
     },
@@ -132,6 +136,32 @@ impl Action {
         matches!(self, Action::AddMap { .. } | Action::AddPath { .. })
     }
 
+    /// A short stable name of the kind of action, for counters and structured logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::OwnVolume { .. } => "own_volume",
+            Action::DisownVolume { .. } => "disown_volume",
+            Action::AdoptSession { .. } => "adopt_session",
+            Action::ForgetSession { .. } => "forget_session",
+            Action::ForgetWwid { .. } => "forget_wwid",
+            Action::EnsureNode { .. } => "ensure_node",
+            Action::Login { .. } => "login",
+            Action::Scan { .. } => "scan",
+            Action::RegisterWwid { .. } => "register_wwid",
+            Action::AddMap { .. } => "add_map",
+            Action::AddPath { .. } => "add_path",
+            Action::DelPath { .. } => "del_path",
+            Action::DisableQueueing { .. } => "disable_queueing",
+            Action::FlushMap { .. } => "flush_map",
+            Action::DeleteDevice { .. } => "delete_device",
+            Action::UnregisterWwid { .. } => "unregister_wwid",
+            Action::Logout { .. } => "logout",
+            Action::DeleteNode { .. } => "delete_node",
+            Action::NameDevice { .. } => "name_device",
+            Action::UnnameDevice { .. } => "unname_device",
+        }
+    }
+
     /// Whether the action only changes lunkeeper's own records.
     pub fn is_bookkeeping(&self) -> bool {
         matches!(
@@ -153,6 +183,7 @@ impl fmt::Display for Action {
                 target,
                 lun,
                 wwid,
+                ..
             } => {
                 write!(f, "own volume {volume} ({target} LUN {lun}")?;
                 if let Some(w) = wwid {

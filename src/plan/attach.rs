@@ -7,7 +7,7 @@ use super::{
     Subject, Verdict,
 };
 use crate::desired::{Desired, Volume, VolumeState};
-use crate::observe::{LunDevice, Map, Observed, Session, Wwid};
+use crate::observe::{LunDevice, Map, Session, Wwid};
 use crate::owned::{OwnedVolume, SessionKey};
 
 /// The sessions present volumes need, with the node settings each must have.
@@ -43,7 +43,10 @@ fn node_settings(volume: &Volume) -> NodeSettings {
 
 /// Volumes that share a target and portal share one session, so they must agree on how it is
 /// set up; a disagreement blocks all of them rather than letting file order pick a winner.
-pub(super) fn wanted_sessions(observed: &Observed, desired: &Desired) -> Wanted {
+/// Every session a present volume asks for, blocked or not, is recorded as never to be logged
+/// out, and so is every session of a target one of whose portal names does not resolve now.
+pub(super) fn wanted_sessions(planner: &mut Planner<'_>, desired: &Desired) -> Wanted {
+    let observed = planner.observed;
     let mut wanted = Wanted {
         sessions: BTreeMap::new(),
         blocked: BTreeMap::new(),
@@ -57,9 +60,13 @@ pub(super) fn wanted_sessions(observed: &Observed, desired: &Desired) -> Wanted 
         let settings = node_settings(volume);
         for portal in &volume.portals {
             let Some(addr) = portal_addr(observed, portal) else {
+                planner
+                    .unresolved_targets
+                    .insert(volume.target.as_str().to_string());
                 continue;
             };
             let key = session_key(volume, addr);
+            planner.present_keys.insert(key.clone());
             let timeout = volume
                 .login_timeout
                 .as_secs()
@@ -97,31 +104,111 @@ pub(super) fn wanted_sessions(observed: &Observed, desired: &Desired) -> Wanted 
             }
         }
     }
-    // A blocked volume must not keep other sessions alive on its behalf either.
+    drop_blocked(&mut wanted);
+    wanted
+}
+
+/// A blocked volume must not get sessions logged in on its behalf (the ones it has stay).
+fn drop_blocked(wanted: &mut Wanted) {
     let blocked: BTreeSet<String> = wanted.blocked.keys().cloned().collect();
     wanted.sessions.retain(|_, want| {
         want.volumes.retain(|v| !blocked.contains(v));
         !want.volumes.is_empty()
     });
-    wanted
+}
+
+/// The WWIDs present volumes hold: recorded for them, or shown by their LUN on any session of
+/// their target. Such a WWID is never flushed, unregistered or unnamed. Two present volumes on
+/// one WWID (one LU reached through two target names) would fight over its map and name: the
+/// newcomer is blocked, naming the volume that has it; when neither had it, both are.
+pub(super) fn hold_identities(planner: &mut Planner<'_>, desired: &Desired, wanted: &mut Wanted) {
+    let mut holders: BTreeMap<Wwid, Vec<(String, bool)>> = BTreeMap::new();
+    for volume in desired
+        .volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Present)
+    {
+        let name = volume.name.to_string();
+        let recorded = planner
+            .owned
+            .volumes
+            .get(&name)
+            .and_then(|o| o.wwid.clone());
+        let mut wwids: BTreeSet<Wwid> = recorded.iter().cloned().collect();
+        for session in planner.sessions_of(volume.target.as_str()) {
+            wwids.extend(
+                session
+                    .devices
+                    .iter()
+                    .filter(|d| volume.lun.matches(d.hctl.lun))
+                    .filter_map(|d| d.wwid.clone()),
+            );
+        }
+        for wwid in wwids {
+            let had = recorded.as_ref() == Some(&wwid);
+            holders.entry(wwid).or_default().push((name.clone(), had));
+        }
+    }
+    for (wwid, names) in holders {
+        planner.named.insert(format!("mpath-{wwid}"));
+        planner.named.insert(format!("sd-{wwid}"));
+        if names.len() > 1 {
+            let all: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+            let owners: Vec<&str> = names
+                .iter()
+                .filter(|(_, had)| *had)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            for (name, had) in &names {
+                if owners.len() == 1 && *had {
+                    continue;
+                }
+                wanted.blocked.entry(name.clone()).or_insert_with(|| {
+                    format!(
+                        "volumes {} reach the same LU (WWID {wwid}); only one volume may hold it: \
+                         remove the others from the file",
+                        all.join(" and ")
+                    )
+                });
+            }
+        }
+        planner
+            .held
+            .insert(wwid, names.into_iter().map(|(n, _)| n).collect());
+    }
+    drop_blocked(wanted);
 }
 
 pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
     for (key, want) in &wanted.sessions {
+        if want.volumes.iter().all(|v| planner.kept.contains(v)) {
+            continue;
+        }
         let exists = planner.sessions(key).next().is_some();
         let actions = if !exists {
-            vec![
-                Action::EnsureNode {
-                    session: key.clone(),
-                    settings: want.settings.clone(),
-                    login_timeout_secs: want.login_timeout_secs,
-                },
-                Action::Login {
-                    session: key.clone(),
-                    timeout_secs: want.login_timeout_secs,
-                },
-            ]
-        } else if !planner.owned.sessions.contains(key) {
+            let login = Action::Login {
+                session: key.clone(),
+                timeout_secs: want.login_timeout_secs,
+            };
+            if planner.has_node_record(key) && !planner.owned.nodes.contains(key) {
+                planner.plan.notes.push(format!(
+                    "the node record for {key} existed before lunkeeper: logging in with it as \
+                     found (its settings are not changed, and it is not deleted later)"
+                ));
+                vec![login]
+            } else {
+                vec![
+                    Action::EnsureNode {
+                        session: key.clone(),
+                        settings: want.settings.clone(),
+                        login_timeout_secs: want.login_timeout_secs,
+                    },
+                    login,
+                ]
+            }
+        } else if !planner.owned.sessions.contains(key)
+            && !planner.owned.adopted_sessions.contains(key)
+        {
             vec![Action::AdoptSession {
                 session: key.clone(),
             }]
@@ -144,10 +231,14 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
     let mut actions = Vec::new();
     let mut waiting: Vec<String> = Vec::new();
     let mut keys = Vec::new();
+    let mut unresolved = false;
     for portal in &volume.portals {
         match portal_addr(observed, portal) {
             Some(addr) => keys.push(session_key(volume, addr)),
-            None => waiting.push(format!("portal {portal} does not resolve")),
+            None => {
+                unresolved = true;
+                waiting.push(format!("portal {portal} does not resolve"));
+            }
         }
     }
 
@@ -181,8 +272,14 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
             }
         }
     }
+    if unresolved {
+        // The sessions lunkeeper has to this target through addresses it cannot place now are
+        // most likely the unresolved portal's: they stay paths of the volume.
+        paths.extend(other_paths(planner, volume, &keys));
+    }
 
-    let identity = match identity(volume, &paths, planner.owned.volumes.get(&name)) {
+    let recorded = planner.owned.volumes.get(&name);
+    let identity = match identity(volume, &paths, recorded) {
         Ok(w) => w,
         Err(reason) => {
             planner.verdict(&name, Verdict::Blocked(reason));
@@ -190,30 +287,11 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
         }
     };
 
-    let record = OwnedVolume {
-        target: volume.target.as_str().to_string(),
-        lun: volume.lun,
-        wwid: identity.clone().or_else(|| {
-            planner
-                .owned
-                .volumes
-                .get(&name)
-                .and_then(|o| o.wwid.clone())
-        }),
+    let stale = if unresolved {
+        Ok(Vec::new())
+    } else {
+        stale_paths(planner, volume, &keys)
     };
-    if planner.owned.volumes.get(&name) != Some(&record) {
-        actions.insert(
-            0,
-            Action::OwnVolume {
-                volume: name.clone(),
-                target: record.target.clone(),
-                lun: record.lun,
-                wwid: record.wwid.clone(),
-            },
-        );
-    }
-
-    let stale = stale_paths(planner, volume, &keys);
     let map = identity.as_ref().and_then(|w| planner.map_of(w));
     let verdict = if volume.multipath {
         plan_multipath(
@@ -229,17 +307,117 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
         single_path_verdict(&paths, &mut waiting)
     };
     let verdict = match stale {
-        Ok(stale_actions) => {
-            actions.extend(stale_actions);
+        Ok(stale) => {
+            let stays_reachable = match (volume.multipath, map) {
+                (true, Some(map)) => live_in_map(&paths, map),
+                (true, None) => false,
+                (false, _) => matches!(verdict, Verdict::Ready),
+            };
+            if stale.is_empty() || stays_reachable {
+                actions.extend(stale);
+            } else {
+                planner.plan.notes.push(format!(
+                    "{name}: keeping its paths through portals no longer listed until a path \
+                     through a listed portal is live"
+                ));
+            }
             verdict
         }
         Err(reason) => Verdict::Blocked(reason),
     };
+
+    let record = claim(planner, volume, identity.as_ref(), &paths, &verdict);
+    if recorded != Some(&record) {
+        actions.insert(
+            0,
+            Action::OwnVolume {
+                volume: name.clone(),
+                target: record.target.clone(),
+                lun: record.lun,
+                wwid: record.wwid.clone(),
+                adopted: record.adopted,
+                attached: record.attached,
+            },
+        );
+    }
     if let Some(wwid) = &identity {
         name_device(planner, volume, wwid, map, &paths, &verdict, &mut actions);
     }
     planner.verdict(&name, verdict);
     planner.lane(Subject::Volume(name), actions);
+}
+
+/// What lunkeeper records of a present volume: its identity once known, whether its LUN was
+/// attached already when lunkeeper took it on (then it is left as found if it leaves the file),
+/// and whether it has been usable (then an error never rolls it back).
+fn claim(
+    planner: &Planner<'_>,
+    volume: &Volume,
+    identity: Option<&Wwid>,
+    paths: &[Path<'_>],
+    verdict: &Verdict,
+) -> OwnedVolume {
+    let name = volume.name.as_str();
+    let usable = matches!(verdict, Verdict::Ready | Verdict::Degraded(_));
+    let recorded = planner.owned.volumes.get(name).or_else(|| {
+        // A volume renamed in the file inherits what lunkeeper knew under the old name.
+        planner
+            .owned
+            .volumes
+            .values()
+            .find(|o| o.target == volume.target.as_str() && o.lun == volume.lun)
+    });
+    let (adopted, attached, known) = match recorded {
+        Some(r) => (r.adopted, r.attached || usable, r.wwid.clone()),
+        None => (!paths.is_empty(), usable, None),
+    };
+    OwnedVolume {
+        target: volume.target.as_str().to_string(),
+        lun: volume.lun,
+        wwid: identity.cloned().or(known),
+        adopted,
+        attached,
+        unknown: planner
+            .owned
+            .volumes
+            .get(name)
+            .map(|o| o.unknown.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Paths of the volume's LUN on sessions lunkeeper uses to its target through addresses that
+/// none of the resolved portals stands for.
+fn other_paths<'a>(planner: &Planner<'a>, volume: &Volume, keys: &[SessionKey]) -> Vec<Path<'a>> {
+    let mut paths = Vec::new();
+    for session in planner.sessions_of(volume.target.as_str()) {
+        let Some(portal) = session.portal else {
+            continue;
+        };
+        let key = session_key(volume, portal);
+        if keys.contains(&key) || !planner.uses_session(&key) {
+            continue;
+        }
+        paths.extend(
+            session
+                .devices
+                .iter()
+                .filter(|d| volume.lun.matches(d.hctl.lun))
+                .map(|device| Path { session, device }),
+        );
+    }
+    paths
+}
+
+/// Whether at least one live path of the volume is a slave of its map.
+fn live_in_map(paths: &[Path<'_>], map: &Map) -> bool {
+    paths.iter().any(|p| {
+        path_is_live(p.session, p.device)
+            && p.device
+                .disk
+                .as_ref()
+                .is_some_and(|d| map.slaves.contains(&d.name))
+    })
 }
 
 /// Keeps the udev name mapping of a usable volume pointing at it. The mapping stays while the

@@ -38,8 +38,16 @@ pub(super) fn plan_volumes(planner: &mut Planner<'_>, desired: &Desired) {
         if listed.contains(name.as_str()) {
             continue;
         }
-        if present.contains(&(record.target.as_str(), record.lun)) {
-            // Renamed in the file: the new name takes it over, nothing is detached.
+        if present.contains(&(record.target.as_str(), record.lun)) || record.adopted {
+            // Renamed in the file: the new name takes it over, nothing is detached. Or it was
+            // attached before lunkeeper took it on: it is left as found (only an explicit
+            // `state = "absent"` takes such a volume down).
+            if record.adopted {
+                planner.plan.notes.push(format!(
+                    "{name} left the file; it was attached before lunkeeper took it on, so it is \
+                     left attached as found"
+                ));
+            }
             planner.lane(
                 Subject::Volume(name.clone()),
                 vec![Action::DisownVolume {
@@ -84,12 +92,8 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         .iter()
         .filter(|s| s.target == record.target)
         .filter(|s| {
-            s.portal.is_some_and(|p| {
-                planner
-                    .owned
-                    .sessions
-                    .contains(&SessionKey::new(&record.target, p))
-            })
+            s.portal
+                .is_some_and(|p| planner.uses_session(&SessionKey::new(&record.target, p)))
         })
         .flat_map(|s| s.devices.iter().filter(|d| record.lun.matches(d.hctl.lun)))
         .collect();
@@ -104,6 +108,15 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         // While the device is still there (in use, or going), so is its name.
         planner.named.insert(format!("mpath-{w}"));
         planner.named.insert(format!("sd-{w}"));
+    }
+
+    if let Some(w) = &wwid {
+        let holders = planner.holders(w);
+        if !holders.is_empty() {
+            let holders = holders.join(", ");
+            leave_shared(planner, volume, &paths, map, &holders);
+            return;
+        }
     }
 
     if let Some(reason) = busy(planner, &paths, map) {
@@ -159,6 +172,81 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
     planner.lane(Subject::Volume(volume.name.clone()), actions);
 }
 
+/// A leaving volume whose LU a present volume still holds (one LU reached through two target
+/// names): the map, its WWID registration and its name stay. Only this volume's own paths go,
+/// each once the map keeps a live path that is not one of them.
+fn leave_shared(
+    planner: &mut Planner<'_>,
+    volume: &Leaving,
+    paths: &[&LunDevice],
+    map: Option<&crate::observe::Map>,
+    holders: &str,
+) {
+    let observed = planner.observed;
+    let ours: BTreeSet<&str> = paths
+        .iter()
+        .filter_map(|d| d.disk.as_ref().map(|k| k.name.as_str()))
+        .collect();
+    let other_live = map.is_some_and(|map| {
+        observed.sessions.iter().any(|s| {
+            s.devices.iter().any(|d| {
+                path_is_live(s, d)
+                    && d.disk.as_ref().is_some_and(|k| {
+                        map.slaves.contains(&k.name) && !ours.contains(k.name.as_str())
+                    })
+            })
+        })
+    });
+    let mut actions = Vec::new();
+    let mut kept = Vec::new();
+    for device in paths {
+        let in_map = device
+            .disk
+            .as_ref()
+            .zip(map)
+            .filter(|(k, m)| m.slaves.contains(&k.name));
+        if let Some(reason) = device
+            .disk
+            .as_ref()
+            .and_then(|k| in_use(k, &observed.mounted, map.map(|m| m.dev.name.as_str())))
+        {
+            kept.push(reason);
+            continue;
+        }
+        match in_map {
+            Some(_) if !other_live => {
+                kept.push(format!("{} is the map's only live path", device.hctl));
+                continue;
+            }
+            Some((disk, _)) => actions.push(Action::DelPath {
+                disk: disk.name.clone(),
+            }),
+            None => {}
+        }
+        actions.push(Action::DeleteDevice {
+            hctl: device.hctl,
+            disk: device.disk.as_ref().map(|d| d.name.clone()),
+        });
+    }
+    let verdict = if paths.is_empty() {
+        actions.push(Action::DisownVolume {
+            volume: volume.name.clone(),
+        });
+        Verdict::Absent
+    } else if !kept.is_empty() {
+        Verdict::Blocked(format!(
+            "its LU is also volume {holders}'s, which keeps the map; not removing: {}",
+            kept.join("; ")
+        ))
+    } else {
+        Verdict::Pending(format!(
+            "detaching its own paths; the map stays for volume {holders}"
+        ))
+    };
+    planner.verdict(&volume.name, verdict);
+    planner.lane(Subject::Volume(volume.name.clone()), actions);
+}
+
 /// Why the volume's map or any of its path devices cannot be taken away now.
 fn busy(
     planner: &Planner<'_>,
@@ -177,17 +265,46 @@ fn busy(
 }
 
 /// Sessions and node records lunkeeper owns that no present volume needs: log out once no
-/// device is left on them; a device nobody manages keeps the session up.
+/// device is left on them; a device nobody manages keeps the session up. A session adopted
+/// from someone else is never logged out: lunkeeper only stops using it. Nothing is taken down
+/// on a target whose portal names do not all resolve now, since which of its sessions they
+/// stand for is unknown.
 pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
     let owned = planner.owned;
-    let keys: BTreeSet<&SessionKey> = owned.sessions.iter().chain(owned.nodes.iter()).collect();
+    let keys: BTreeSet<&SessionKey> = owned
+        .sessions
+        .iter()
+        .chain(owned.nodes.iter())
+        .chain(owned.adopted_sessions.iter())
+        .collect();
     for key in keys {
-        if wanted.contains(key) {
+        if wanted.contains(key)
+            || planner.present_keys.contains(key)
+            || planner.unresolved_targets.contains(&key.target)
+        {
             continue;
         }
         let sessions: Vec<_> = planner.sessions(key).collect();
+        let managed: BTreeSet<Lun> = owned
+            .volumes
+            .values()
+            .filter(|v| v.target == key.target)
+            .map(|v| v.lun)
+            .collect();
+        let carries_managed = sessions.iter().any(|s| {
+            s.devices
+                .iter()
+                .any(|d| managed.iter().any(|l| l.matches(d.hctl.lun)))
+        });
         let mut actions = Vec::new();
-        if sessions.is_empty() {
+        if !owned.sessions.contains(key) && !owned.nodes.contains(key) {
+            // Adopted only: forgotten once no volume of lunkeeper's is on it; left as found.
+            if !carries_managed {
+                actions.push(Action::ForgetSession {
+                    session: key.clone(),
+                });
+            }
+        } else if sessions.is_empty() {
             if planner.has_node_record(key) && owned.nodes.contains(key) {
                 actions.push(Action::DeleteNode {
                     session: key.clone(),
@@ -208,19 +325,9 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
                     session: key.clone(),
                 });
             }
-        } else {
-            let managed: BTreeSet<Lun> = owned
-                .volumes
-                .values()
-                .filter(|v| v.target == key.target)
-                .map(|v| v.lun)
-                .collect();
+        } else if !carries_managed {
             for s in &sessions {
-                for d in s
-                    .devices
-                    .iter()
-                    .filter(|d| !managed.iter().any(|l| l.matches(d.hctl.lun)))
-                {
+                for d in &s.devices {
                     planner.plan.notes.push(format!(
                         "session {} ({key}) is no longer needed but carries {} (LUN {}), which lunkeeper does not manage; not logging out",
                         s.id, d.hctl, d.hctl.lun
@@ -255,6 +362,7 @@ pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
                 })
                 .filter_map(|d| d.wwid.as_ref()),
         )
+        .chain(planner.held.keys())
         .collect();
     let mut actions = Vec::new();
     for w in planner.owned.wwids.iter().filter(|w| !in_use.contains(w)) {

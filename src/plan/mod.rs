@@ -12,6 +12,8 @@ pub mod ownership;
 mod verdict;
 
 #[cfg(test)]
+mod safety_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,6 +62,50 @@ pub enum Subject {
 }
 
 pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
+    plan_with(desired, observed, owned, &BTreeSet::new())
+}
+
+/// Plans with what the engine knows beyond the host: `failed` names the volumes whose attach
+/// met an error retrying cannot fix (a CHAP secret the target refuses). One that has never been
+/// usable is rolled back: planned as absent, which takes down only what lunkeeper created for
+/// it. One that has been usable, or that lunkeeper found attached, keeps everything it has and
+/// gets no action until the file changes: a transient or permanent error never detaches.
+pub fn plan_with(
+    desired: &Desired,
+    observed: &Observed,
+    owned: &Owned,
+    failed: &BTreeSet<String>,
+) -> Plan {
+    let mut kept = BTreeSet::new();
+    let mut rolled_back = Vec::new();
+    for name in failed {
+        let Some(v) = desired.volume(name) else {
+            continue;
+        };
+        if v.state != VolumeState::Present {
+            continue;
+        }
+        match owned.volumes.get(name) {
+            Some(r) if r.attached || r.adopted => {
+                kept.insert(name.clone());
+            }
+            _ => rolled_back.push(name.as_str()),
+        }
+    }
+    let effective;
+    let desired = if rolled_back.is_empty() {
+        desired
+    } else {
+        let mut d = desired.clone();
+        for v in d.volumes.iter_mut() {
+            if rolled_back.contains(&v.name.as_str()) {
+                v.state = VolumeState::Absent;
+            }
+        }
+        effective = d;
+        &effective
+    };
+
     let mut by_key: HashMap<(&str, SocketAddr), Vec<&Session>> = HashMap::new();
     let mut by_target: HashMap<&str, Vec<&Session>> = HashMap::new();
     for s in &observed.sessions {
@@ -80,18 +126,29 @@ pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
         by_key,
         by_target,
         maps_by_wwid,
+        kept,
+        held: BTreeMap::new(),
+        present_keys: BTreeSet::new(),
+        unresolved_targets: BTreeSet::new(),
     };
-    let wanted = attach::wanted_sessions(observed, desired);
+    let mut wanted = attach::wanted_sessions(&mut planner, desired);
+    attach::hold_identities(&mut planner, desired, &mut wanted);
     attach::plan_sessions(&mut planner, &wanted);
     for volume in desired
         .volumes
         .iter()
         .filter(|v| v.state == VolumeState::Present)
     {
-        if wanted.blocked.contains_key(volume.name.as_str()) {
+        let name = volume.name.as_str();
+        if wanted.blocked.contains_key(name) {
             continue;
         }
         attach::plan_volume(&mut planner, volume);
+        if planner.kept.contains(name) {
+            // It keeps what it has: its verdict is reported, nothing is done for it.
+            let subject = Subject::Volume(name.to_string());
+            planner.plan.lanes.retain(|l| l.subject != subject);
+        }
     }
     for (name, reason) in &wanted.blocked {
         planner.verdict(name, Verdict::Blocked(reason.clone()));
@@ -114,6 +171,16 @@ struct Planner<'a> {
     by_key: HashMap<(&'a str, SocketAddr), Vec<&'a Session>>,
     by_target: HashMap<&'a str, Vec<&'a Session>>,
     maps_by_wwid: HashMap<&'a Wwid, &'a Map>,
+    /// Volumes that keep what they have and get no action (see [`plan_with`]).
+    kept: BTreeSet<String>,
+    /// WWIDs that present volumes hold (seen on their paths or recorded), and by whom: never
+    /// flushed, unregistered or unnamed.
+    held: BTreeMap<Wwid, Vec<String>>,
+    /// Every session a present volume asks for, blocked or not: never logged out.
+    present_keys: BTreeSet<SessionKey>,
+    /// Targets of present volumes with a portal name that does not resolve now: which of the
+    /// target's sessions that portal stood for is unknown, so none of them is taken down.
+    unresolved_targets: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -142,6 +209,16 @@ impl<'a> Planner<'a> {
 
     fn map_of(&self, wwid: &Wwid) -> Option<&'a Map> {
         self.maps_by_wwid.get(wwid).copied()
+    }
+
+    /// Whether lunkeeper logged in this session itself or adopted it.
+    fn uses_session(&self, key: &SessionKey) -> bool {
+        self.owned.sessions.contains(key) || self.owned.adopted_sessions.contains(key)
+    }
+
+    /// The present volumes that hold this WWID, if any.
+    fn holders(&self, wwid: &Wwid) -> &[String] {
+        self.held.get(wwid).map(Vec::as_slice).unwrap_or_default()
     }
 
     fn has_node_record(&self, key: &SessionKey) -> bool {

@@ -13,21 +13,23 @@ pub fn claim(owned: &mut Owned, action: &Action) -> bool {
             target,
             lun,
             wwid,
+            adopted,
+            attached,
         } => {
-            let record = OwnedVolume {
+            let record = owned.volumes.entry(volume.clone()).or_default();
+            let before = record.clone();
+            *record = OwnedVolume {
                 target: target.clone(),
                 lun: *lun,
                 wwid: wwid.clone(),
+                adopted: *adopted,
+                attached: *attached,
+                unknown: std::mem::take(&mut record.unknown),
             };
-            owned.volumes.insert(volume.clone(), record.clone()) != Some(record)
+            *record != before || before.target.is_empty()
         }
-        Action::AdoptSession { session } => {
-            // The node record of an adopted session is adopted with it: on teardown nothing of
-            // the session should be left behind.
-            let a = owned.sessions.insert(session.clone());
-            let b = owned.nodes.insert(session.clone());
-            a || b
-        }
+        // Only the session: its node record stays the operator's, as found.
+        Action::AdoptSession { session } => owned.adopted_sessions.insert(session.clone()),
         Action::EnsureNode { session, .. } => owned.nodes.insert(session.clone()),
         Action::Login { session, .. } => owned.sessions.insert(session.clone()),
         Action::RegisterWwid { wwid } => owned.wwids.insert(wwid.clone()),
@@ -42,7 +44,8 @@ pub fn release(owned: &mut Owned, action: &Action) -> bool {
         Action::ForgetSession { session } => {
             let a = owned.sessions.remove(session);
             let b = owned.nodes.remove(session);
-            a || b
+            let c = owned.adopted_sessions.remove(session);
+            a || b || c
         }
         Action::Logout { session } => owned.sessions.remove(session),
         Action::DeleteNode { session } => owned.nodes.remove(session),

@@ -339,7 +339,10 @@ fn a_session_matching_a_present_volume_is_adopted_without_logging_in_again() {
     assert!(!p.actions().any(|a| matches!(a, Action::Login { .. })));
     converge(&sim, &d, &mut owned);
     assert_eq!(sim.snapshot().sessions[0].id, id);
-    assert!(owned.sessions.contains(&key(TARGET_A, P1)));
+    assert!(
+        owned.adopted_sessions.contains(&key(TARGET_A, P1))
+            && !owned.sessions.contains(&key(TARGET_A, P1))
+    );
 }
 
 #[test]
@@ -373,6 +376,7 @@ fn a_reused_lun_number_is_refused() {
             target: TARGET_A.into(),
             lun: Lun(0),
             wwid: Some(wwid("36001405dead000000000000000000000")),
+            ..Default::default()
         },
     );
     let p = plan(&d, &sim.snapshot(), &owned);
