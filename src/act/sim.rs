@@ -63,6 +63,12 @@ pub struct SimFaults {
     pub crash_after: Option<usize>,
     /// Set once the crash has happened.
     pub crashed: bool,
+    /// WWIDs whose map must keep a live path: every action that leaves one without is noted
+    /// in `violations`.
+    pub watch_wwids: BTreeSet<Wwid>,
+    /// Path devices that must stay in their map: every action that takes one out is noted.
+    pub watch_disks: BTreeSet<String>,
+    pub violations: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -271,7 +277,40 @@ impl SimWorld {
         }
         let r = self.apply(action);
         self.set_holders();
+        self.check_watched(action);
         r
+    }
+
+    fn check_watched(&mut self, action: &Action) {
+        for disk in &self.faults.watch_disks {
+            if !self.observed.maps.iter().any(|m| m.slaves.contains(disk)) {
+                self.faults
+                    .violations
+                    .push(format!("after {action}: {disk} is no longer in its map"));
+            }
+        }
+        for wwid in &self.faults.watch_wwids {
+            let Some(map) = self.observed.maps.iter().find(|m| &m.wwid == wwid) else {
+                self.faults
+                    .violations
+                    .push(format!("after {action}: the map of {wwid} is gone"));
+                continue;
+            };
+            let live = self.observed.sessions.iter().any(|s| {
+                s.state == SessionState::LoggedIn
+                    && s.devices.iter().any(|d| {
+                        d.is_running()
+                            && d.disk
+                                .as_ref()
+                                .is_some_and(|k| map.slaves.contains(&k.name))
+                    })
+            });
+            if !live {
+                self.faults
+                    .violations
+                    .push(format!("after {action}: {wwid} has no live path"));
+            }
+        }
     }
 
     fn injected_failure(&self, action: &Action) -> Option<ActError> {

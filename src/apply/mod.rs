@@ -3,6 +3,8 @@
 //! events. Neither owns a decision: they run what `plan` returns.
 
 mod engine;
+#[cfg(test)]
+mod fault_tests;
 mod holds;
 
 use std::collections::BTreeMap;
