@@ -294,6 +294,14 @@ impl Host for RealHost {
                 other => other,
             },
             Action::DeleteDevice { hctl, disk } => self.delete_device(hctl, disk.as_deref()).await,
+            Action::RescanDevice { hctl } => {
+                // The kernel re-reads the device's inquiry data and VPD pages, WWID included.
+                let path = c
+                    .root
+                    .join(format!("sys/class/scsi_device/{hctl}/device/rescan"));
+                let wrote = sysfs::write_attr(path, "1".into(), c.scan_timeout).await?;
+                Ok(changed(wrote))
+            }
             Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),
             Action::NameDevice {
                 key,

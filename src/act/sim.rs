@@ -480,6 +480,16 @@ impl SimWorld {
                 Ok(Outcome::Changed)
             }
             Action::DisableQueueing { .. } => Ok(Outcome::Changed),
+            Action::RescanDevice { hctl } => {
+                let targets = &self.targets;
+                for s in self.observed.sessions.iter_mut() {
+                    let now = targets.get(&s.target).and_then(|t| t.luns.get(&hctl.lun));
+                    if let Some(d) = s.devices.iter_mut().find(|d| &d.hctl == hctl) {
+                        d.wwid = now.cloned();
+                    }
+                }
+                Ok(Outcome::Changed)
+            }
             Action::NameDevice { key, volume, .. } => {
                 self.observed.names.insert(key.clone(), volume.clone());
                 Ok(Outcome::Changed)

@@ -2,7 +2,7 @@
 //! own task, and record outcomes as lanes finish. A lane that waits on a slow command never
 //! holds up another volume's lanes; a subject never has two lanes running at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use tokio::task::JoinSet;
@@ -12,9 +12,9 @@ use super::holds::{Holds, RetryPolicy};
 use super::{ApplyError, Executed, VolumeResult};
 use crate::act::{ActError, Host, Outcome};
 use crate::desired::Desired;
-use crate::observe::Observed;
+use crate::observe::{Hctl, Observed, SessionState};
 use crate::owned::{Owned, OwnedStore};
-use crate::plan::{self, ownership, Action, Lane, Plan, Subject, Verdict};
+use crate::plan::{self, ownership, Action, Lane, Memory, Plan, Subject, Verdict};
 
 /// One look at the world and what was started because of it.
 #[derive(Debug)]
@@ -52,7 +52,11 @@ pub struct Engine<H: Host + 'static> {
     holds: Holds,
     policy: RetryPolicy,
     errors: BTreeMap<String, String>,
-    failed: BTreeSet<String>,
+    /// Failed volumes and devices to re-read, for the planner.
+    memory: Memory,
+    /// Whether each session (by id) was healthy at the last look: logged in with every device
+    /// running. One that turns healthy again has recovered.
+    healthy: HashMap<u32, bool>,
     running: BTreeSet<Subject>,
     tasks: JoinSet<LaneDone>,
     /// Every action done, in order: kept for `apply`, which reports them; the daemon runs for
@@ -73,7 +77,8 @@ impl<H: Host + 'static> Engine<H> {
             holds: Holds::default(),
             policy,
             errors: BTreeMap::new(),
-            failed: BTreeSet::new(),
+            memory: Memory::default(),
+            healthy: HashMap::new(),
             running: BTreeSet::new(),
             tasks: JoinSet::new(),
             executed: Some(Vec::new()),
@@ -97,7 +102,7 @@ impl<H: Host + 'static> Engine<H> {
     }
 
     pub fn failed(&self) -> &BTreeSet<String> {
-        &self.failed
+        &self.memory.failed
     }
 
     pub fn executed(&self) -> &[Executed] {
@@ -113,9 +118,27 @@ impl<H: Host + 'static> Engine<H> {
     pub fn reset_volumes(&mut self, names: &BTreeSet<String>) {
         for name in names {
             self.errors.remove(name);
-            self.failed.remove(name);
+            self.memory.failed.remove(name);
         }
         self.holds = Holds::default();
+    }
+
+    /// Sessions that turned healthy again since the last look: their devices' identity is read
+    /// again before it is trusted.
+    fn note_recoveries(&mut self, observed: &Observed) {
+        let mut now = HashMap::new();
+        for s in &observed.sessions {
+            let healthy =
+                s.state == SessionState::LoggedIn && s.devices.iter().all(|d| d.is_running());
+            if healthy && self.healthy.get(&s.id) == Some(&false) {
+                info!(session = s.id, target = %s.target, "session recovered; re-reading its devices' identity");
+                self.memory
+                    .recovered
+                    .extend(s.devices.iter().map(|d| d.hctl));
+            }
+            now.insert(s.id, healthy);
+        }
+        self.healthy = now;
     }
 
     /// Writes what lunkeeper owns; on failure the records in memory stay as they were, so
@@ -135,7 +158,17 @@ impl<H: Host + 'static> Engine<H> {
             self.save(self.owned.clone())?;
         }
         let observed = self.host.observe(desired).await?;
-        let mut plan = plan::plan_with(desired, &observed, &self.owned, &self.failed);
+        self.note_recoveries(&observed);
+        let mut plan = plan::plan_with(desired, &observed, &self.owned, &self.memory);
+        // Devices no volume asked to re-read are nobody's concern.
+        let asked: BTreeSet<Hctl> = plan
+            .actions()
+            .filter_map(|a| match a {
+                Action::RescanDevice { hctl } => Some(*hctl),
+                _ => None,
+            })
+            .collect();
+        self.memory.recovered.retain(|h| asked.contains(h));
         self.holds.retain_planned(&plan);
         self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
@@ -197,6 +230,9 @@ impl<H: Host + 'static> Engine<H> {
         let mut dirty = false;
         for (action, outcome) in &done.done {
             dirty |= ownership::release(&mut self.owned, action);
+            if let Action::RescanDevice { hctl } = action {
+                self.memory.recovered.remove(hctl);
+            }
             self.holds.succeeded(action, &self.policy);
             let changed = *outcome == Outcome::Changed;
             if changed {
@@ -216,7 +252,7 @@ impl<H: Host + 'static> Engine<H> {
                 self.errors
                     .insert(volume.clone(), format!("{action}: {error}"));
                 if error.is_permanent() {
-                    self.failed.insert(volume.clone());
+                    self.memory.failed.insert(volume.clone());
                 }
             }
         }
@@ -245,7 +281,7 @@ impl<H: Host + 'static> Engine<H> {
         plan.volumes
             .iter()
             .map(|(name, verdict)| {
-                let failed = self.failed.contains(name);
+                let failed = self.memory.failed.contains(name);
                 let error = if verdict.is_settled() && !failed {
                     None
                 } else {

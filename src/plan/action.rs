@@ -69,6 +69,11 @@ pub enum Action {
     DelPath {
         disk: String,
     },
+    /// Make the kernel read the device's identity again (its cached WWID is stale after the
+    /// LUN behind a session was swapped on the array).
+    RescanDevice {
+        hctl: Hctl,
+    },
     /// Fail queued I/O instead of blocking forever: the map has no live path left.
     DisableQueueing {
         map: String,
@@ -151,6 +156,7 @@ impl Action {
             Action::AddMap { .. } => "add_map",
             Action::AddPath { .. } => "add_path",
             Action::DelPath { .. } => "del_path",
+            Action::RescanDevice { .. } => "rescan_device",
             Action::DisableQueueing { .. } => "disable_queueing",
             Action::FlushMap { .. } => "flush_map",
             Action::DeleteDevice { .. } => "delete_device",
@@ -219,6 +225,9 @@ impl fmt::Display for Action {
             Action::AddMap { wwid } => write!(f, "create multipath map {wwid}"),
             Action::AddPath { disk } => write!(f, "add path {disk} to its multipath map"),
             Action::DelPath { disk } => write!(f, "remove path {disk} from its multipath map"),
+            Action::RescanDevice { hctl } => {
+                write!(f, "re-read the identity of SCSI device {hctl}")
+            }
             Action::DisableQueueing { map } => {
                 write!(f, "disable queueing on map {map} (no live path)")
             }

@@ -278,6 +278,24 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
         paths.extend(other_paths(planner, volume, &keys));
     }
 
+    // After a session came back, the identity the kernel shows may be stale: read it again
+    // before anything else is decided on it.
+    let rescans: Vec<Action> = paths
+        .iter()
+        .filter(|p| planner.recovered.contains(&p.device.hctl))
+        .map(|p| Action::RescanDevice {
+            hctl: p.device.hctl,
+        })
+        .collect();
+    if !rescans.is_empty() {
+        planner.verdict(
+            &name,
+            Verdict::Pending("re-reading the identity of paths that came back".to_string()),
+        );
+        planner.lane(Subject::Volume(name), rescans);
+        return;
+    }
+
     let recorded = planner.owned.volumes.get(&name);
     let identity = match identity(volume, &paths, recorded) {
         Ok(w) => w,
@@ -286,6 +304,11 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
             return;
         }
     };
+    let strangers = strangers(volume, &paths, recorded);
+    if !strangers.is_empty() {
+        refuse_strangers(planner, volume, &strangers);
+        return;
+    }
 
     let stale = if unresolved {
         Ok(Vec::new())
@@ -458,13 +481,25 @@ fn name_device(
     planner.named.insert(key);
 }
 
-/// The volume's WWID, once a path shows it; refuses a LUN whose identity is not the expected one
-/// or has changed since lunkeeper attached it (a LUN number reused for other data).
+/// The identity the volume must have: the one recorded when it was attached, else the one the
+/// file expects. Paths that show another are not paths of this volume (see [`strangers`]).
+fn known_identity<'v>(volume: &'v Volume, owned: Option<&'v OwnedVolume>) -> Option<&'v Wwid> {
+    owned
+        .and_then(|o| o.wwid.as_ref())
+        .or(volume.expect_wwid.as_ref())
+}
+
+/// The volume's WWID, once a path shows it. With no identity known yet, paths that disagree
+/// are refused: which one is the volume cannot be told.
 fn identity(
     volume: &Volume,
     paths: &[Path<'_>],
     owned: Option<&OwnedVolume>,
 ) -> Result<Option<Wwid>, String> {
+    if let Some(known) = known_identity(volume, owned) {
+        let seen = paths.iter().any(|p| p.device.wwid.as_ref() == Some(known));
+        return Ok(seen.then(|| known.clone()));
+    }
     let seen: BTreeSet<&Wwid> = paths
         .iter()
         .filter_map(|p| p.device.wwid.as_ref())
@@ -479,24 +514,80 @@ fn identity(
             volume.target, volume.lun
         ));
     }
-    if let Some(expect) = &volume.expect_wwid {
-        if expect != wwid {
-            return Err(format!(
-                "{} LUN {} has WWID {wwid}, expected {expect}; refusing to use it",
-                volume.target, volume.lun
-            ));
-        }
-    }
-    if let Some(known) = owned.and_then(|o| o.wwid.as_ref()) {
-        if known != wwid {
-            return Err(format!(
-                "{} LUN {} now has WWID {wwid} but was attached as {known}: the LUN was reused; \
-                 detach it (state = \"absent\") and attach again if this is intended",
-                volume.target, volume.lun
-            ));
-        }
-    }
     Ok(Some(wwid.clone()))
+}
+
+/// Paths of the volume's LUN that show another identity than the volume's: the LUN number was
+/// reused, or the LUN behind a session was swapped on the array.
+fn strangers<'p, 'a>(
+    volume: &Volume,
+    paths: &'p [Path<'a>],
+    owned: Option<&OwnedVolume>,
+) -> Vec<&'p Path<'a>> {
+    let Some(known) = known_identity(volume, owned) else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter(|p| p.device.wwid.as_ref().is_some_and(|w| w != known))
+        .collect()
+}
+
+/// Blocks a volume some of whose paths lead to another LU, and takes those paths out of any
+/// map: I/O through them would read and write someone else's data. They are never added back
+/// (only paths showing the volume's identity are), nor deleted: what the LU is now is for an
+/// operator to decide.
+fn refuse_strangers(planner: &mut Planner<'_>, volume: &Volume, strangers: &[&Path<'_>]) {
+    let name = volume.name.to_string();
+    let recorded = planner
+        .owned
+        .volumes
+        .get(&name)
+        .and_then(|o| o.wwid.as_ref());
+    let mut actions = Vec::new();
+    let mut found = Vec::new();
+    for p in strangers {
+        let shows = p
+            .device
+            .wwid
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let portal = p.session.portal.map(|a| a.to_string()).unwrap_or_default();
+        found.push(format!("{} via {portal} shows WWID {shows}", p.device.hctl));
+        let Some(disk) = &p.device.disk else {
+            continue;
+        };
+        if planner
+            .observed
+            .maps
+            .iter()
+            .any(|m| m.slaves.contains(&disk.name))
+        {
+            actions.push(Action::DelPath {
+                disk: disk.name.clone(),
+            });
+        }
+    }
+    let reason = match (recorded, &volume.expect_wwid) {
+        (Some(known), _) => format!(
+            "{} LUN {}: {}, but {name} was attached as {known}: the LUN was reused or swapped on \
+             the array; those paths are kept out of its map. Restore the array's mapping, or \
+             detach the volume (state = \"absent\") and attach it again if this is intended",
+            volume.target,
+            volume.lun,
+            found.join("; ")
+        ),
+        (None, Some(expect)) => format!(
+            "{} LUN {}: {}, expected {expect}; refusing to use it",
+            volume.target,
+            volume.lun,
+            found.join("; ")
+        ),
+        (None, None) => found.join("; "),
+    };
+    planner.verdict(&name, Verdict::Blocked(reason));
+    planner.lane(Subject::Volume(name), actions);
 }
 
 fn plan_multipath(

@@ -25,7 +25,7 @@ pub use action::{Action, ChapSettings, NodeSettings};
 pub use verdict::Verdict;
 
 use crate::desired::{Desired, Portal, PortalHost, Volume, VolumeState};
-use crate::observe::{BlockDev, DevNum, LunDevice, Map, Observed, Session, Wwid};
+use crate::observe::{BlockDev, DevNum, Hctl, LunDevice, Map, Observed, Session, Wwid};
 use crate::owned::{Owned, SessionKey};
 
 /// What to do now, and how each volume stands before doing it.
@@ -62,23 +62,29 @@ pub enum Subject {
 }
 
 pub fn plan(desired: &Desired, observed: &Observed, owned: &Owned) -> Plan {
-    plan_with(desired, observed, owned, &BTreeSet::new())
+    plan_with(desired, observed, owned, &Memory::default())
 }
 
-/// Plans with what the engine knows beyond the host: `failed` names the volumes whose attach
-/// met an error retrying cannot fix (a CHAP secret the target refuses). One that has never been
-/// usable is rolled back: planned as absent, which takes down only what lunkeeper created for
-/// it. One that has been usable, or that lunkeeper found attached, keeps everything it has and
-/// gets no action until the file changes: a transient or permanent error never detaches.
-pub fn plan_with(
-    desired: &Desired,
-    observed: &Observed,
-    owned: &Owned,
-    failed: &BTreeSet<String>,
-) -> Plan {
+/// What the engine knows beyond one look at the host.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// Volumes whose attach met an error retrying cannot fix (a CHAP secret the target
+    /// refuses). One that has never been usable is rolled back: planned as absent, which takes
+    /// down only what lunkeeper created for it. One that has been usable, or that lunkeeper
+    /// found attached, keeps everything it has and gets no action until the file changes: an
+    /// error never detaches.
+    pub failed: BTreeSet<String>,
+    /// Devices on sessions that came back after a failure: the LUN behind them may have been
+    /// swapped on the array meanwhile, and the kernel keeps reporting the identity it read
+    /// before, so it is made to read it again.
+    pub recovered: BTreeSet<Hctl>,
+}
+
+/// Plans with what the engine remembers (see [`Memory`]).
+pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: &Memory) -> Plan {
     let mut kept = BTreeSet::new();
     let mut rolled_back = Vec::new();
-    for name in failed {
+    for name in &memory.failed {
         let Some(v) = desired.volume(name) else {
             continue;
         };
@@ -127,6 +133,7 @@ pub fn plan_with(
         by_target,
         maps_by_wwid,
         kept,
+        recovered: &memory.recovered,
         held: BTreeMap::new(),
         present_keys: BTreeSet::new(),
         unresolved_targets: BTreeSet::new(),
@@ -173,6 +180,8 @@ struct Planner<'a> {
     maps_by_wwid: HashMap<&'a Wwid, &'a Map>,
     /// Volumes that keep what they have and get no action (see [`plan_with`]).
     kept: BTreeSet<String>,
+    /// Devices whose identity must be read again before it is trusted.
+    recovered: &'a BTreeSet<Hctl>,
     /// WWIDs that present volumes hold (seen on their paths or recorded), and by whom: never
     /// flushed, unregistered or unnamed.
     held: BTreeMap<Wwid, Vec<String>>,

@@ -370,7 +370,10 @@ fn i4_an_error_never_rolls_back_a_volume_that_was_ready() {
     let mut owned = Owned::default();
     converge(&sim, &d, &mut owned);
     assert!(owned.volumes["db"].attached);
-    let failed = BTreeSet::from(["db".to_string()]);
+    let failed = Memory {
+        failed: BTreeSet::from(["db".to_string()]),
+        ..Default::default()
+    };
     let p = plan_with(&d, &sim.snapshot(), &owned, &failed);
     assert!(p.is_empty(), "{:?}", kinds(&p));
     assert_eq!(p.volumes["db"], Verdict::Ready);
@@ -390,7 +393,10 @@ fn i4_a_first_attach_that_fails_for_good_undoes_only_what_it_created() {
         ownership::release(&mut owned, a);
     }
     assert!(!owned.volumes["db"].attached);
-    let failed = BTreeSet::from(["db".to_string()]);
+    let failed = Memory {
+        failed: BTreeSet::from(["db".to_string()]),
+        ..Default::default()
+    };
     for _ in 0..10 {
         let p = plan_with(&d, &sim.snapshot(), &owned, &failed);
         if p.is_empty() {
@@ -429,4 +435,97 @@ fn a_blocked_volume_keeps_its_sessions() {
     let p = plan(&d, &sim.snapshot(), &owned);
     assert!(tears_down(&p).is_empty(), "{:?}", tears_down(&p));
     assert!(matches!(&p.volumes["a"], Verdict::Blocked(_)));
+}
+
+/// Swaps the LU behind TARGET_A's LUN 0 on the array (another backstore at the same number).
+fn swap_lun0(sim: &SimHost, to: &str) {
+    sim.lock()
+        .targets
+        .get_mut(TARGET_A)
+        .unwrap()
+        .luns
+        .insert(0, wwid(to));
+}
+
+const OTHER_WWID: &str = "36001405eeee000000000000000000000";
+
+#[test]
+fn a_lun_swapped_behind_a_recovered_session_is_read_again_and_kept_out_of_the_map() {
+    let sim = network();
+    let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+    let mut owned = Owned::default();
+    converge(&sim, &d, &mut owned);
+    swap_lun0(&sim, OTHER_WWID);
+    // The kernel still shows the old identity: nothing to see without a re-read.
+    assert!(plan(&d, &sim.snapshot(), &owned).is_empty());
+
+    let o = sim.snapshot();
+    let hctl = o.sessions[0].devices[0].hctl;
+    let disk = o.sessions[0].devices[0].disk.clone().unwrap().name;
+    let memory = Memory {
+        recovered: BTreeSet::from([hctl]),
+        ..Default::default()
+    };
+    let p = plan_with(&d, &o, &owned, &memory);
+    assert_eq!(
+        p.actions().cloned().collect::<Vec<_>>(),
+        vec![Action::RescanDevice { hctl }]
+    );
+    futures::executor::block_on(crate::act::Host::execute(
+        &sim,
+        &Action::RescanDevice { hctl },
+    ))
+    .unwrap();
+
+    let p = plan(&d, &sim.snapshot(), &owned);
+    let reason = match &p.volumes["db"] {
+        Verdict::Blocked(r) => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        reason.contains(DB_WWID) && reason.contains(OTHER_WWID),
+        "{reason}"
+    );
+    assert_eq!(
+        p.actions().cloned().collect::<Vec<_>>(),
+        vec![Action::DelPath { disk: disk.clone() }]
+    );
+    converge(&sim, &d, &mut owned);
+    let o = sim.snapshot();
+    assert!(!o.maps[0].slaves.contains(&disk), "{:?}", o.maps[0].slaves);
+    assert_eq!(o.maps[0].slaves.len(), 1, "the other path stays");
+    // Never added back, whatever happens later.
+    for _ in 0..3 {
+        let p = plan(&d, &sim.snapshot(), &owned);
+        assert!(!p.actions().any(|a| matches!(a, Action::AddPath { .. })));
+    }
+}
+
+#[test]
+fn with_expect_wwid_a_wrong_lun_is_never_attached() {
+    let sim = network();
+    swap_lun0(&sim, OTHER_WWID);
+    let mut v = volume("db", TARGET_A, &[P1, P2], 0);
+    v.expect_wwid = Some(wwid(DB_WWID));
+    let d = desired(vec![v]);
+    let mut owned = Owned::default();
+    converge_checking(&sim, &d, &mut owned, &|_, a| {
+        assert!(
+            !matches!(
+                a,
+                Action::RegisterWwid { .. }
+                    | Action::AddMap { .. }
+                    | Action::AddPath { .. }
+                    | Action::NameDevice { .. }
+            ),
+            "{a}"
+        );
+    });
+    let p = plan(&d, &sim.snapshot(), &owned);
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r) if r.contains("expected") && r.contains(OTHER_WWID)),
+        "{:?}",
+        p.volumes
+    );
+    assert!(sim.snapshot().maps.is_empty());
 }
