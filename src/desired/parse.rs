@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::{
-    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, TargetName, Volume, VolumeName,
-    VolumeState,
+    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, SecretFile, TargetName, Volume,
+    VolumeName, VolumeState,
 };
 use crate::observe::Wwid;
 
@@ -523,25 +523,22 @@ impl File<'_> {
     }
 
     /// Secrets are read later by a root-only daemon whose working directory is not the
-    /// operator's, so a relative path would silently point somewhere else.
+    /// operator's, so a relative path would silently point somewhere else. What was written is
+    /// not echoed: a value that is not an absolute path is often the secret itself.
     fn secret_path(
         &self,
         table: &str,
         key: &str,
         raw: &Spanned<String>,
-    ) -> Result<PathBuf, ConfigError> {
-        let path = PathBuf::from(raw.get_ref());
-        if path.is_absolute() {
-            return Ok(path);
-        }
-        Err(self.error_at(
-            raw.span(),
-            format!("{table}.{key}"),
-            format!(
-                "{:?} is not an absolute path; secret files must be named by absolute path",
-                raw.get_ref()
-            ),
-        ))
+    ) -> Result<SecretFile, ConfigError> {
+        SecretFile::absolute(raw.get_ref()).ok_or_else(|| {
+            self.error_at(
+                raw.span(),
+                format!("{table}.{key}"),
+                "is not an absolute path (the value is not shown: it may be a secret pasted in \
+                 place of its file); name the file holding the secret by its absolute path",
+            )
+        })
     }
 
     fn check_names_unique(&self, raw: &[RawVolume]) -> Result<(), ConfigError> {
@@ -991,6 +988,7 @@ fn key_segment(key: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::PathBuf;
 
     const PATH: &str = "/etc/lunkeeper/volumes.toml";
 
@@ -1096,9 +1094,9 @@ state = "absent"
                     state: VolumeState::Present,
                     chap: Some(Chap {
                         username: "u".into(),
-                        password_file: PathBuf::from("/etc/lunkeeper/secrets/db"),
+                        password_file: SecretFile::absolute("/etc/lunkeeper/secrets/db").unwrap(),
                         username_in: Some("t".into()),
-                        password_in_file: Some(PathBuf::from("/etc/lunkeeper/secrets/db-in")),
+                        password_in_file: SecretFile::absolute("/etc/lunkeeper/secrets/db-in"),
                     }),
                     replacement_timeout: 5,
                     login_timeout: Duration::from_secs(20),
