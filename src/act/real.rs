@@ -428,3 +428,82 @@ impl Host for RealHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ChapSettings;
+
+    const TARGET: &str = "iqn.2026-11.test:a";
+
+    /// A host whose node database holds one record for TARGET at 127.0.0.1:3260, so ensuring
+    /// the node runs no iscsiadm.
+    fn host_with_record(dir: &std::path::Path) -> (RealHost, PathBuf) {
+        let nodes = dir.join("iscsi/nodes");
+        let portal = nodes.join(TARGET).join("127.0.0.1,3260,1");
+        std::fs::create_dir_all(&portal).unwrap();
+        let record = portal.join("default");
+        std::fs::write(&record, "node.name = x\n# END RECORD\n").unwrap();
+        let host = RealHost::new(RealHostConfig {
+            root: dir.to_path_buf(),
+            iscsiadm: Iscsiadm {
+                node_dirs: vec![nodes],
+                ..Iscsiadm::default()
+            },
+            ..RealHostConfig::default()
+        });
+        (host, record)
+    }
+
+    fn ensure(secret: &std::path::Path) -> Action {
+        Action::EnsureNode {
+            session: SessionKey {
+                target: TARGET.into(),
+                portal: "127.0.0.1:3260".parse().unwrap(),
+            },
+            settings: NodeSettings {
+                replacement_timeout: 5,
+                chap: Some(ChapSettings {
+                    username: "alice".into(),
+                    password_file: SecretFile::absolute(secret).unwrap(),
+                    username_in: None,
+                    password_in_file: None,
+                }),
+            },
+            login_timeout_secs: 15,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_secret_goes_into_the_record_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, record) = host_with_record(dir.path());
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "Hunter2Secret\n").unwrap();
+        host.execute(&ensure(&secret)).await.unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        assert!(text.contains("node.session.auth.password = Hunter2Secret\n"), "{text}");
+        let staging = dir.path().join("iscsi").join(iscsiadm::STAGING_DIR);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(record.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_missing_secret_is_transient_and_leaves_the_record_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, record) = host_with_record(dir.path());
+        let before = std::fs::read_to_string(&record).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "\n").unwrap();
+        for action in [ensure(&secret), ensure(&dir.path().join("missing"))] {
+            let err = host.execute(&action).await.unwrap_err();
+            assert!(matches!(err, ActError::Secret { .. }), "{err}");
+            assert!(
+                !err.is_permanent(),
+                "a secret being rewritten must not lead to a rollback: {err}"
+            );
+            assert!(err.to_string().contains("chap.password_file"), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
+    }
+}

@@ -217,12 +217,15 @@ impl File<'_> {
     fn toml_error(&self, nodes: &NodeIndex, error: &toml::de::Error) -> ConfigError {
         let message = one_line(error.message());
         match error.span() {
-            Some(span) => ConfigError::Toml {
-                path: self.source.to_path_buf(),
-                location: Location::of_offset(self.text, span.start),
-                key: nodes.key_path_at(&span),
-                message,
-            },
+            Some(span) => {
+                let (key, message) = hide_chap_values(nodes.key_path_at(&span), message);
+                ConfigError::Toml {
+                    path: self.source.to_path_buf(),
+                    location: Location::of_offset(self.text, span.start),
+                    key,
+                    message,
+                }
+            }
             None => ConfigError::Unplaced {
                 path: self.source.to_path_buf(),
                 message,
@@ -583,6 +586,56 @@ impl File<'_> {
         }
         Ok(())
     }
+}
+
+/// The keys a `[volume.chap]` table may hold.
+const CHAP_KEYS: [&str; 4] = [
+    "username",
+    "password_file",
+    "username_in",
+    "password_in_file",
+];
+
+/// Operators paste secrets into `[volume.chap]` (in place of a file name, or as a line of their
+/// own), and the TOML reader quotes what it refuses ("invalid type: integer `123456`", "unknown
+/// field `…`"): an error about that table keeps its location and a key the schema knows, and
+/// says what is wrong in words of its own.
+fn hide_chap_values(key: String, message: String) -> (String, String) {
+    let Some(table_end) = chap_table_end(&key) else {
+        return (key, message);
+    };
+    let table = key.get(..table_end).unwrap_or_default().to_string();
+    let field = key.get(table_end..).unwrap_or_default();
+    let known = field
+        .strip_prefix('.')
+        .is_some_and(|f| CHAP_KEYS.contains(&f));
+    let hidden = "(what was written is not shown: it may be a secret)";
+    if message.starts_with("missing field") {
+        // Names a key of the schema, nothing the operator wrote.
+        (key, message)
+    } else if message.starts_with("unknown field") || (!field.is_empty() && !known) {
+        (
+            table,
+            format!(
+                "unknown key {hidden}; allowed keys: {}",
+                CHAP_KEYS.join(", ")
+            ),
+        )
+    } else if field.is_empty() {
+        (table, format!("must be a table of CHAP settings {hidden}"))
+    } else {
+        (key, format!("must be a quoted string {hidden}"))
+    }
+}
+
+/// Where the `volume[N].chap` part of a key path ends, if the path is in a chap table.
+fn chap_table_end(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("volume[")?;
+    let close = rest.find(']')?;
+    let after = rest.get(close + 1..)?;
+    let tail = after.strip_prefix(".chap")?;
+    (tail.is_empty() || tail.starts_with('.'))
+        .then_some("volume[".len() + close + 1 + ".chap".len())
 }
 
 /// Keeps every message on one line whatever the file contained, e.g. a key with a newline.
@@ -1274,8 +1327,9 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             &one_volume(chap),
             9,
             1,
-            "volume[0].chap.secret",
-            "unknown field `secret`",
+            // A key under [volume.chap] that the schema does not know may be a pasted secret.
+            "volume[0].chap",
+            "unknown key (what was written is not shown",
         );
     }
 
@@ -1687,6 +1741,42 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             "volume[0].chap.password_file",
             "not an absolute path",
         );
+    }
+
+    #[test]
+    fn values_under_chap_are_never_echoed() {
+        const SECRET: &str = "Hunter2Secret";
+        let chap = |body: &str| one_volume(&format!("[volume.chap]\n{body}"));
+        let cases = [
+            // The secret pasted where its file belongs, quoted or not, with wrong types too.
+            chap(&format!("username = \"u\"\npassword_file = \"{SECRET}\"\n")),
+            chap(&format!("username = \"u\"\npassword_file = {SECRET}\n")),
+            chap(&format!("username = \"u\"\npassword_file = '{SECRET}\n")),
+            chap(&format!("username = \"u\"\npassword_file = [\"{SECRET}\"]\n")),
+            chap(&format!("username = \"u\"\npassword_file = {{ x = \"{SECRET}\" }}\n")),
+            chap(&format!(
+                "username = \"u\"\npassword_file = \"/s\"\nusername_in = \"t\"\n\
+                 password_in_file = \"{SECRET}\"\n"
+            )),
+            chap(&format!(
+                "username = \"u\"\npassword_file = \"/s\"\npassword_in_file = \"{SECRET}\"\n"
+            )),
+            chap(&format!("username = \"u\"\npassword = \"{SECRET}\"\n")),
+            chap(&format!("username = {SECRET}\npassword_file = \"/s\"\n")),
+            chap(&format!("username = \"u\"\npassword_file = \"/s\"\n{SECRET} = 1\n")),
+            chap("username = \"u\"\npassword_file = 12345678\n"),
+            one_volume(&format!("chap = \"{SECRET}\"\n")),
+            format!(
+                "volume = [{{ name = \"db\", target = \"eui.0123456789abcdef\", portals =                  [\"h\"], lun = 0, chap = {{ username = \"u\", password_file = \"{SECRET}\" }} }}]\n"
+            ),
+        ];
+        for text in cases {
+            let err = parse_text(&text).expect_err(&text).to_string();
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(!err.to_lowercase().contains("hunter"), "{err}");
+            assert!(!err.contains("12345678"), "{err}");
+            assert!(err.contains("chap"), "the key is named: {err}");
+        }
     }
 
     #[test]
