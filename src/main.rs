@@ -116,6 +116,21 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Validate = cli.command {
+        // What the file alone cannot say: secret files usable and private, sessions agreed on.
+        let text = match std::fs::read_to_string(&cli.config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("lunkeeper: {}: cannot read: {e}", cli.config.display());
+                return ExitCode::from(BAD_CONFIG);
+            }
+        };
+        let findings = lunkeeper::validate::check(&desired, &text);
+        if !findings.is_empty() {
+            for e in &findings {
+                eprintln!("lunkeeper: invalid configuration: {e}");
+            }
+            return ExitCode::from(BAD_CONFIG);
+        }
         println!(
             "{}: ok, {} volumes",
             cli.config.display(),

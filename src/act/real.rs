@@ -482,10 +482,16 @@ mod tests {
         std::fs::write(&secret, "Hunter2Secret\n").unwrap();
         host.execute(&ensure(&secret)).await.unwrap();
         let text = std::fs::read_to_string(&record).unwrap();
-        assert!(text.contains("node.session.auth.password = Hunter2Secret\n"), "{text}");
+        assert!(
+            text.contains("node.session.auth.password = Hunter2Secret\n"),
+            "{text}"
+        );
         let staging = dir.path().join("iscsi").join(iscsiadm::STAGING_DIR);
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(record.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(record.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 
     #[tokio::test]

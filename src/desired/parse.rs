@@ -170,6 +170,20 @@ pub fn parse(source: &Path, text: &str) -> Result<Desired, ConfigError> {
     })
 }
 
+/// Where the value of `key` (a key path such as `volume[1].chap.password_file`) is written in
+/// `text`, for checks made after parsing that point at the file; `None` when the key is not
+/// written (it took its default).
+pub fn locate(text: &str, key: &str) -> Option<Location> {
+    let (tree, _) = DeTable::parse_recoverable(text);
+    let nodes = NodeIndex::of_document(text, &tree);
+    nodes
+        .nodes
+        .iter()
+        .filter(|n| n.path == key && !n.span.is_empty())
+        .max_by_key(|n| n.span.start)
+        .map(|n| Location::of_offset(text, n.span.start))
+}
+
 /// What a volume gets for each key it leaves out.
 struct Defaults {
     multipath: bool,
@@ -1741,6 +1755,24 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             "volume[0].chap.password_file",
             "not an absolute path",
         );
+    }
+
+    #[test]
+    fn keys_are_located_at_their_values() {
+        let text = one_volume("[volume.chap]\nusername = \"u\"\npassword_file = \"/s\"\n");
+        assert_eq!(
+            locate(&text, "volume[0].chap.password_file"),
+            Some(Location {
+                line: 8,
+                column: 17
+            })
+        );
+        assert_eq!(
+            locate(&text, "volume[0].lun"),
+            Some(Location { line: 5, column: 7 })
+        );
+        assert_eq!(locate(&text, "volume[0].replacement_timeout"), None);
+        assert_eq!(locate(&text, "volume[1].lun"), None);
     }
 
     #[test]
