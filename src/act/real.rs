@@ -232,9 +232,10 @@ impl RealHost {
         disk: Option<&str>,
     ) -> Result<Outcome, ActError> {
         let root = &self.config.root;
-        // Held for the duration of the delete so nobody mounts the disk in between.
-        // It is closed on a detached thread when dropped (the last close flushes again).
-        let _guard = match disk {
+        // Held for the duration of the delete so nobody mounts the disk in between, then
+        // closed off the event loop (the last close flushes again); on an error path dropping
+        // it closes it on a detached thread.
+        let guard = match disk {
             Some(d) => {
                 let node = root.join("dev").join(d);
                 sysfs::probe_exclusive(&self.offload, &node, self.config.delete_timeout).await?
@@ -244,6 +245,12 @@ impl RealHost {
         let path = root.join(format!("sys/class/scsi_device/{hctl}/device/delete"));
         let wrote =
             sysfs::write_attr(&self.offload, path, "1".into(), self.config.delete_timeout).await?;
+        if let Some(guard) = guard {
+            // The disk is deleted: a close that hangs does not undo that.
+            if let Err(error) = guard.close(self.config.delete_timeout).await {
+                tracing::warn!(%hctl, %error, "closing a deleted disk did not finish");
+            }
+        }
         Ok(changed(wrote))
     }
 }
@@ -432,6 +439,7 @@ impl Host for RealHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::Lun;
     use crate::plan::ChapSettings;
 
     const TARGET: &str = "iqn.2026-11.test:a";
@@ -511,5 +519,38 @@ mod tests {
             assert!(err.to_string().contains("chap.password_file"), "{err}");
         }
         assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_scan_is_transient_and_the_next_one_on_that_host_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan_dir = dir.path().join("sys/class/scsi_host/host7");
+        std::fs::create_dir_all(&scan_dir).unwrap();
+        // A FIFO without a reader blocks the write's open as a scan waiting on the target does.
+        let scan = scan_dir.join("scan");
+        nix::unistd::mkfifo(&scan, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let host = RealHost::new(RealHostConfig {
+            root: dir.path().to_path_buf(),
+            scan_timeout: Duration::from_millis(100),
+            ..RealHostConfig::default()
+        });
+        let action = |lun| Action::Scan {
+            session: SessionKey {
+                target: "iqn.2026-11.test:a".into(),
+                portal: "127.0.0.1:3260".parse().unwrap(),
+            },
+            host: 7,
+            lun: Lun(lun),
+        };
+        let err = host.execute(&action(0)).await.unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(host.stuck_calls(), 1);
+        let start = std::time::Instant::now();
+        let err = host.execute(&action(1)).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert!(err.to_string().contains("still stuck"), "{err}");
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(host.stuck_calls(), 1, "no second thread was parked");
+        let _ = std::fs::File::open(&scan);
     }
 }

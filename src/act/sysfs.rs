@@ -108,12 +108,29 @@ fn open_exclusive(dev_node: &Path) -> Result<Option<File>, SysfsError> {
 }
 
 /// An exclusive open of a disk, held so nobody mounts it while it is being deleted. The last
-/// close of a block device flushes it, which can block too: it is closed on a detached thread.
+/// close of a block device flushes it, which can block too: [`ExclusiveOpen::close`] closes it
+/// under a deadline, and dropping it without that (an error path) closes it on a detached
+/// thread nobody waits for.
 #[derive(Debug)]
 pub struct ExclusiveOpen {
     file: Option<File>,
     offload: Offload,
     object: String,
+}
+
+impl ExclusiveOpen {
+    /// Closes the device off the event loop, waiting for it until `timeout`. A close that
+    /// passes it is left behind like any stuck call, holding the device.
+    pub async fn close(mut self, timeout: Duration) -> Result<(), SysfsError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let what = format!("closing {}", self.object);
+        self.offload
+            .run(&what, Some(&self.object), timeout, move || drop(file))
+            .await?;
+        Ok(())
+    }
 }
 
 impl Drop for ExclusiveOpen {
@@ -155,6 +172,35 @@ mod tests {
         .await
         .unwrap());
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "0 - 300");
+    }
+
+    #[tokio::test]
+    async fn the_exclusive_probe_runs_under_a_deadline_and_closes_off_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let offload = Offload::new(4);
+        let t = Duration::from_secs(5);
+        assert!(probe_exclusive(&offload, &dir.path().join("gone"), t)
+            .await
+            .unwrap()
+            .is_none());
+        let disk = dir.path().join("sdb");
+        std::fs::write(&disk, "data").unwrap();
+        let guard = probe_exclusive(&offload, &disk, t).await.unwrap().unwrap();
+        guard.close(t).await.unwrap();
+        assert_eq!(offload.stuck(), 0);
+        // An open that hangs (a FIFO without a writer, here) passes its deadline.
+        let fifo = dir.path().join("sdc");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let start = std::time::Instant::now();
+        let r = probe_exclusive(&offload, &fifo, Duration::from_millis(100)).await;
+        assert!(
+            matches!(r, Err(SysfsError::Blocked(OffloadError::Timeout { .. }))),
+            "{r:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(offload.stuck(), 1);
+        // Unblock it so the test ends cleanly.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
     }
 
     #[tokio::test]
