@@ -325,8 +325,8 @@ impl Iscsiadm {
             .iter()
             .find(|d| record.starts_with(d))
             .or(self.node_dirs.first());
-        match base.and_then(|d| d.parent()) {
-            Some(parent) => parent.join(STAGING_DIR),
+        match base {
+            Some(dir) => staging_beside(dir),
             // No database to stand beside (not a configuration lunkeeper makes): stage where
             // a leftover cannot be read as a record.
             None => std::env::temp_dir().join(STAGING_DIR),
@@ -350,9 +350,7 @@ impl Iscsiadm {
     pub fn sweep_leftovers(&self, proc: &Path) -> usize {
         let mut removed = 0;
         for dir in &self.node_dirs {
-            if let Some(parent) = dir.parent() {
-                removed += crate::files::sweep_temp_files(&parent.join(STAGING_DIR), proc);
-            }
+            removed += crate::files::sweep_temp_files(&staging_beside(dir), proc);
             // <db>/<target>/<portal>[/<file>]: temp files sat beside the record they replaced.
             let Ok(targets) = std::fs::read_dir(dir) else {
                 continue;
@@ -395,6 +393,17 @@ impl Iscsiadm {
             }
         }
         None
+    }
+}
+
+/// The staging directory for the node database `dir`. A database that is a symbolic link
+/// (`/etc/iscsi/nodes` → `/var/lib/iscsi/nodes`) is staged beside where it really is, so the
+/// rename into it stays on one file system.
+fn staging_beside(dir: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match real.parent() {
+        Some(parent) => parent.join(STAGING_DIR),
+        None => std::env::temp_dir().join(STAGING_DIR),
     }
 }
 
@@ -668,8 +677,19 @@ mod tests {
             node_dirs: vec![nodes.clone()],
             ..Iscsiadm::default()
         };
-        let staging = dir.path().join("iscsi").join(STAGING_DIR);
+        let staging = std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("iscsi")
+            .join(STAGING_DIR);
         assert_eq!(adm.staging_dir(&portal.join("default")), staging);
+        // A database reached through a symbolic link is staged beside its real place.
+        let link = dir.path().join("etc-nodes");
+        std::os::unix::fs::symlink(&nodes, &link).unwrap();
+        let linked = Iscsiadm {
+            node_dirs: vec![link.clone()],
+            ..Iscsiadm::default()
+        };
+        assert_eq!(linked.staging_dir(&link.join("t/p/default")), staging);
         adm.write_record_keys(
             &portal.join("default"),
             &[("node.session.auth.password", Some("s3cret".into()))],
