@@ -8,25 +8,95 @@ use nix::fcntl::{Flock, FlockArg};
 
 /// Replaces `path` with `data` atomically (same-directory temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    write_atomic_via(path, dir, data, mode)
+}
+
+/// Marks the temp files of [`write_atomic_via`]: `.<name>.tmp.<pid>.<n>`.
+const TEMP_MARK: &str = ".tmp.";
+
+/// Replaces `path` with `data` atomically, the temp file written in `staging` (which must be on
+/// the same file system), so a directory whose every entry is read by someone else (open-iscsi's
+/// node database) never holds a half-written or leftover file. The temp file is removed on
+/// every error path; one left by a kill is found by [`sweep_temp_files`].
+pub fn write_atomic_via(
+    path: &Path,
+    staging: &Path,
+    data: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Two writes at once from this process (records are all named `default`) need two names.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(staging)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let tmp = staging.join(format!(
+        ".{file_name}{TEMP_MARK}{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // ENOSPC, EXDEV or anything else: the temp file must not stay behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether `name` is a temp file of [`write_atomic_via`] (or of lunkeeper before it, named
+/// `.<name>.tmp.<pid>`) whose process no longer runs, judged by `proc`.
+pub fn is_stale_temp_file(name: &str, proc: &Path) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((_, tail)) = rest.rsplit_once(TEMP_MARK) else {
+        return false;
+    };
+    let mut parts = tail.split('.');
+    let pid = parts.next().unwrap_or("");
+    let counter = parts.next();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || parts.next().is_some() || counter.is_some_and(|c| !digits(c)) {
+        return false;
+    }
+    pid != std::process::id().to_string() && !proc.join(pid).exists()
+}
+
+/// Removes stale temp files (see [`is_stale_temp_file`]) directly in `dir`; returns how many.
+pub fn sweep_temp_files(dir: &Path, proc: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| is_stale_temp_file(n, proc))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Takes an exclusive lock on `path` (created if missing) without waiting. `Ok(None)` means
@@ -47,6 +117,75 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<Flock<std::fs::File>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_write_leaves_nothing_in_the_staging_dir_or_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("nodes/t/p,3260,1/default");
+        let staging = dir.path().join(".lunkeeper-tmp");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        write_atomic_via(&target, &staging, b"x = 1\n", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "x = 1\n");
+        let names = |d: &Path| -> Vec<String> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(names(target.parent().unwrap()), ["default"]);
+        assert!(names(&staging).is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join(".lunkeeper-tmp");
+        // The rename fails: the target's directory is a file.
+        std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+        let target = dir.path().join("not-a-dir/default");
+        assert!(write_atomic_via(&target, &staging, b"secret", 0o600).is_err());
+        assert!(
+            !staging.exists() || std::fs::read_dir(&staging).unwrap().next().is_none(),
+            "a temp file was left behind"
+        );
+        // Same when the rename itself fails (the target is a directory that is not empty).
+        let target = dir.path().join("busy");
+        std::fs::create_dir_all(target.join("x")).unwrap();
+        assert!(write_atomic_via(&target, &staging, b"secret", 0o600).is_err());
+        assert!(std::fs::read_dir(&staging).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn stale_temp_files_are_those_of_processes_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("4242")).unwrap();
+        let me = std::process::id();
+        assert!(is_stale_temp_file(".default.tmp.777", &proc));
+        assert!(is_stale_temp_file(".default.tmp.777.3", &proc));
+        assert!(
+            !is_stale_temp_file(".default.tmp.4242.3", &proc),
+            "still runs"
+        );
+        assert!(!is_stale_temp_file(&format!(".default.tmp.{me}.0"), &proc));
+        for foreign in [
+            "default",
+            ".default.tmp",
+            ".default.tmp.x",
+            "a.tmp.777",
+            ".d.tmp.7.7.7",
+        ] {
+            assert!(!is_stale_temp_file(foreign, &proc), "{foreign}");
+        }
+        let d = dir.path().join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        for name in [".default.tmp.777.1", ".default.tmp.4242.1", "default"] {
+            std::fs::write(d.join(name), "").unwrap();
+        }
+        assert_eq!(sweep_temp_files(&d, &proc), 1);
+        assert!(!d.join(".default.tmp.777.1").exists());
+        assert!(d.join(".default.tmp.4242.1").exists() && d.join("default").exists());
+    }
 
     #[test]
     fn a_held_lock_is_reported_and_released_on_drop() {

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod owned;
 pub mod plan;
 pub mod status;
+pub mod validate;
 
 #[cfg(test)]
 mod testkit;

@@ -116,6 +116,21 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Validate = cli.command {
+        // What the file alone cannot say: secret files usable and private, sessions agreed on.
+        let text = match std::fs::read_to_string(&cli.config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("lunkeeper: {}: cannot read: {e}", cli.config.display());
+                return ExitCode::from(BAD_CONFIG);
+            }
+        };
+        let findings = lunkeeper::validate::check(&desired, &text);
+        if !findings.is_empty() {
+            for e in &findings {
+                eprintln!("lunkeeper: invalid configuration: {e}");
+            }
+            return ExitCode::from(BAD_CONFIG);
+        }
         println!(
             "{}: ok, {} volumes",
             cli.config.display(),
@@ -128,7 +143,10 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let local = tokio::task::LocalSet::new();
-    match runtime.block_on(local.run_until(run(&cli, &desired))) {
+    let result = runtime.block_on(local.run_until(run(&cli, &desired)));
+    drop(local);
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lunkeeper: {e:#}");
@@ -136,6 +154,11 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// How long the end of a run waits for blocking threads still running (an observation that
+/// a stuck device holds up); dropping a runtime would wait for them without limit. Threads
+/// stuck in the kernel past their deadline are detached and not waited for at all.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
     let host = Rc::new(RealHost::new(RealHostConfig {
@@ -177,6 +200,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
         }
         Command::Apply { timeout, json } => {
             let _lock = lock(&cli.state_dir)?;
+            host.sweep_leftovers().await;
             // Subscribed before the first look, so no change after it goes unnoticed.
             let mut udev = match UdevMonitor::new() {
                 Ok(monitor) => Some(monitor),
@@ -236,7 +260,13 @@ fn run_daemon(cli: &Cli) -> ExitCode {
         cli.runtime_dir.clone(),
     );
     let local = tokio::task::LocalSet::new();
-    match runtime.block_on(local.run_until(lunkeeper::daemon::run(host, opts))) {
+    let result = runtime.block_on(local.run_until(async {
+        host.sweep_leftovers().await;
+        lunkeeper::daemon::run(host, opts).await
+    }));
+    drop(local);
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lunkeeper: {e}");
@@ -288,7 +318,8 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
     }
 }
 
-/// One thread: lanes are local tasks, and blocking sysfs work goes to tokio's blocking pool.
+/// One thread: lanes are local tasks; observations go to tokio's blocking pool, and calls that
+/// can block in the kernel to detached threads under a deadline (`act::offload`).
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

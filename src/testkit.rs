@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::act::sim::{SimHost, SimTarget};
 use crate::desired::{
-    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, TargetName, Volume, VolumeName,
-    VolumeState,
+    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, SecretFile, TargetName, Volume,
+    VolumeName, VolumeState,
 };
 use crate::observe::Wwid;
 
@@ -64,7 +64,8 @@ pub fn absent(mut v: Volume) -> Volume {
 pub fn with_chap(mut v: Volume, user: &str) -> Volume {
     v.chap = Some(Chap {
         username: user.to_string(),
-        password_file: PathBuf::from(format!("/etc/lunkeeper/secrets/{user}")),
+        password_file: SecretFile::absolute(format!("/etc/lunkeeper/secrets/{user}"))
+            .expect("an absolute path"),
         username_in: None,
         password_in_file: None,
     });

@@ -129,6 +129,12 @@ pub struct Iscsiadm {
 /// waiting for it after 30 s, and holders keep it for milliseconds.
 const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
 
+/// Beside each node database (`/etc/iscsi/.lunkeeper-tmp` for `/etc/iscsi/nodes`), on the same
+/// file system: where rewrites of node records, which hold CHAP secrets, are staged. Never
+/// inside the database: open-iscsi reads every entry of a target or portal directory as a
+/// record, so a temp file left there by a full disk or a kill would become a session.
+pub const STAGING_DIR: &str = ".lunkeeper-tmp";
+
 /// iscsiadm processes lunkeeper runs at once (see [`Iscsiadm::slots`]).
 pub const ISCSIADM_SLOTS: usize = 8;
 
@@ -312,6 +318,56 @@ impl Iscsiadm {
         found
     }
 
+    /// Where a rewrite of `record` is staged (see [`STAGING_DIR`]).
+    pub fn staging_dir(&self, record: &Path) -> PathBuf {
+        let base = self
+            .node_dirs
+            .iter()
+            .find(|d| record.starts_with(d))
+            .or(self.node_dirs.first());
+        match base {
+            Some(dir) => staging_beside(dir),
+            // No database to stand beside (not a configuration lunkeeper makes): stage where
+            // a leftover cannot be read as a record.
+            None => std::env::temp_dir().join(STAGING_DIR),
+        }
+    }
+
+    /// Sets or removes keys of a node record (see [`write_record_keys`]), staged outside the
+    /// database.
+    pub fn write_record_keys(
+        &self,
+        record: &Path,
+        keys: &[(&str, Option<String>)],
+    ) -> std::io::Result<()> {
+        write_record_keys(record, &self.staging_dir(record), keys)
+    }
+
+    /// Removes temp files that a killed lunkeeper left: in the staging directories, and in the
+    /// databases themselves, where earlier versions staged them. Only files named as
+    /// lunkeeper names its temp files, of processes that no longer run, are touched. Returns
+    /// how many were removed.
+    pub fn sweep_leftovers(&self, proc: &Path) -> usize {
+        let mut removed = 0;
+        for dir in &self.node_dirs {
+            removed += crate::files::sweep_temp_files(&staging_beside(dir), proc);
+            // <db>/<target>/<portal>[/<file>]: temp files sat beside the record they replaced.
+            let Ok(targets) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for target in targets.flatten().filter(is_dir) {
+                removed += crate::files::sweep_temp_files(&target.path(), proc);
+                let Ok(portals) = std::fs::read_dir(target.path()) else {
+                    continue;
+                };
+                for portal in portals.flatten().filter(is_dir) {
+                    removed += crate::files::sweep_temp_files(&portal.path(), proc);
+                }
+            }
+        }
+        removed
+    }
+
     /// The record file for this target and portal, whatever its TPGT and interface.
     pub fn record_file(&self, key: &SessionKey) -> Option<PathBuf> {
         for dir in &self.node_dirs {
@@ -340,6 +396,21 @@ impl Iscsiadm {
     }
 }
 
+/// The staging directory for the node database `dir`. A database that is a symbolic link
+/// (`/etc/iscsi/nodes` → `/var/lib/iscsi/nodes`) is staged beside where it really is, so the
+/// rename into it stays on one file system.
+fn staging_beside(dir: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match real.parent() {
+        Some(parent) => parent.join(STAGING_DIR),
+        None => std::env::temp_dir().join(STAGING_DIR),
+    }
+}
+
+fn is_dir(entry: &std::fs::DirEntry) -> bool {
+    entry.file_type().is_ok_and(|t| t.is_dir())
+}
+
 /// Whether any process on the host is an iscsiadm (by `/proc/<pid>/comm`).
 fn iscsiadm_running(proc: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(proc) else {
@@ -360,11 +431,15 @@ fn addr_text(key: &SessionKey) -> String {
 }
 
 /// Sets (`Some`) or removes (`None`) keys of a node record file in one atomic rewrite, mode
-/// 0600. Used instead of `iscsiadm -o update`: that costs a process per call and would put a
+/// 0600, the new file written in `staging` first. Used instead of `iscsiadm -o update`: that costs a process per call and would put a
 /// CHAP secret in argv, where any user can read it from /proc. iscsiadm reads the file's keys
 /// over its compiled-in defaults, so a removed key means "the default" (for the auth keys:
 /// empty).
-pub fn write_record_keys(record: &Path, keys: &[(&str, Option<String>)]) -> std::io::Result<()> {
+pub fn write_record_keys(
+    record: &Path,
+    staging: &Path,
+    keys: &[(&str, Option<String>)],
+) -> std::io::Result<()> {
     let text = std::fs::read_to_string(record)?;
     let mut out = String::with_capacity(text.len() + 256);
     let mut end = None;
@@ -390,7 +465,7 @@ pub fn write_record_keys(record: &Path, keys: &[(&str, Option<String>)]) -> std:
         out.push_str(end);
         out.push('\n');
     }
-    crate::files::write_atomic(record, out.as_bytes(), 0o600)
+    crate::files::write_atomic_via(record, staging, out.as_bytes(), 0o600)
 }
 
 /// Reads a secret file: the first line, without its line ending. The error never carries the
@@ -568,6 +643,7 @@ mod tests {
         .unwrap();
         write_record_keys(
             &f,
+            &dir.path().join(STAGING_DIR),
             &[
                 ("node.session.scan", Some("manual".into())),
                 ("node.session.auth.password", Some("s3cret".into())),
@@ -585,6 +661,72 @@ mod tests {
         assert_eq!(
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
+        );
+    }
+
+    #[test]
+    fn record_rewrites_are_staged_outside_the_database_and_leftovers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = dir.path().join("iscsi/nodes");
+        let portal = nodes.join("iqn.2026-11.test:a/127.0.0.1,3260,1");
+        std::fs::create_dir_all(&portal).unwrap();
+        std::fs::write(portal.join("default"), "node.name = x\n# END RECORD\n").unwrap();
+        let old_layout = nodes.join("iqn.2026-11.test:a/127.0.0.2,3260");
+        std::fs::write(&old_layout, "node.name = y\n").unwrap();
+        let adm = Iscsiadm {
+            node_dirs: vec![nodes.clone()],
+            ..Iscsiadm::default()
+        };
+        let staging = std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("iscsi")
+            .join(STAGING_DIR);
+        assert_eq!(adm.staging_dir(&portal.join("default")), staging);
+        // A database reached through a symbolic link is staged beside its real place.
+        let link = dir.path().join("etc-nodes");
+        std::os::unix::fs::symlink(&nodes, &link).unwrap();
+        let linked = Iscsiadm {
+            node_dirs: vec![link.clone()],
+            ..Iscsiadm::default()
+        };
+        assert_eq!(linked.staging_dir(&link.join("t/p/default")), staging);
+        adm.write_record_keys(
+            &portal.join("default"),
+            &[("node.session.auth.password", Some("s3cret".into()))],
+        )
+        .unwrap();
+        let listing = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(listing(&portal), ["default"]);
+        assert!(listing(&staging).is_empty());
+
+        // What a kill -9 leaves: a temp file of a process that is gone, in the staging
+        // directory and (from older versions) inside the database.
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("1")).unwrap();
+        std::fs::write(staging.join(".default.tmp.999999.0"), "password = s3cret").unwrap();
+        std::fs::write(portal.join(".default.tmp.999999"), "password = s3cret").unwrap();
+        std::fs::write(
+            nodes.join("iqn.2026-11.test:a/.127.0.0.2,3260.tmp.999999"),
+            "password = s3cret",
+        )
+        .unwrap();
+        // A live process's temp file and foreign files stay.
+        std::fs::write(staging.join(".default.tmp.1.0"), "").unwrap();
+        std::fs::write(portal.join("notes.txt"), "").unwrap();
+        assert_eq!(adm.sweep_leftovers(&proc), 3);
+        assert_eq!(listing(&portal), ["default", "notes.txt"]);
+        assert_eq!(listing(&staging), [".default.tmp.1.0"]);
+        assert!(old_layout.exists());
+        assert_eq!(
+            listing(&nodes.join("iqn.2026-11.test:a")),
+            ["127.0.0.1,3260,1", "127.0.0.2,3260"]
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod command;
 pub mod iscsiadm;
 pub mod multipathd;
+pub mod offload;
 mod real;
 pub mod sim;
 pub mod sysfs;
@@ -36,9 +37,14 @@ pub enum ActError {
     Wwids(#[from] wwids::WwidsError),
     #[error(transparent)]
     Sysfs(#[from] sysfs::SysfsError),
-    #[error("CHAP secret file {path}: {source}")]
+    #[error(transparent)]
+    Blocked(#[from] offload::OffloadError),
+    /// The file's content never appears here: `source` comes from reading it, and
+    /// [`read_secret`](iscsiadm::read_secret) never puts the content in an error.
+    #[error("CHAP secret file {file} (chap.{key}): {source}")]
     Secret {
-        path: std::path::PathBuf,
+        key: &'static str,
+        file: crate::desired::SecretFile,
         source: std::io::Error,
     },
     #[error("node record for {session} not found after creating it")]
@@ -52,15 +58,18 @@ pub enum ActError {
 
 impl ActError {
     /// Retrying cannot help until an operator changes something.
+    ///
+    /// A secret file that is missing, empty or unreadable is not permanent: it is often so for
+    /// a moment while a tool rewrites it, and a permanent error may lead to a rollback of the
+    /// volume, which a briefly empty file must never cause.
     pub fn is_permanent(&self) -> bool {
-        match self {
-            ActError::Iscsiadm(e) => matches!(
+        matches!(
+            self,
+            ActError::Iscsiadm(e) if matches!(
                 e.failure(),
                 Some(iscsiadm::Failure::AuthFailed | iscsiadm::Failure::FatalLogin)
-            ),
-            // A secret file being rewritten, or briefly unreadable, is no reason to give up.
-            _ => false,
-        }
+            )
+        )
     }
 }
 

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use super::iscsiadm::{self, Done, Iscsiadm};
 use super::multipathd::{Multipathd, Reply};
+use super::offload::Offload;
 use super::sysfs::{self, SysfsError};
 use super::wwids::{wwids_path, WwidsFile};
 use super::{ActError, Host, ObserveFailure, Outcome};
-use crate::desired::{Desired, PortalHost};
+use crate::desired::{Desired, PortalHost, SecretFile};
 use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
 use crate::owned::SessionKey;
@@ -27,6 +28,9 @@ pub struct RealHostConfig {
     /// Deleting a path whose transport is down waits up to the replacement timeout.
     pub delete_timeout: Duration,
     pub dns_timeout: Duration,
+    /// Reading a secret, writing a node record or a name mapping: local files, but on a host
+    /// whose disks stall these block too, and they must not block the event loop forever.
+    pub file_timeout: Duration,
 }
 
 impl Default for RealHostConfig {
@@ -39,6 +43,7 @@ impl Default for RealHostConfig {
             scan_timeout: Duration::from_secs(30),
             delete_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(5),
+            file_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -46,11 +51,45 @@ impl Default for RealHostConfig {
 #[derive(Debug, Clone)]
 pub struct RealHost {
     config: RealHostConfig,
+    /// Every blocking call of this host's executors runs through it.
+    offload: Offload,
 }
 
 impl RealHost {
     pub fn new(config: RealHostConfig) -> Self {
-        RealHost { config }
+        RealHost {
+            config,
+            offload: Offload::default(),
+        }
+    }
+
+    /// Removes temp files a killed lunkeeper left in or beside the node database, where
+    /// open-iscsi would read them as records. Run once at start, before acting.
+    pub async fn sweep_leftovers(&self) {
+        let adm = self.config.iscsiadm.clone();
+        let proc = self.config.root.join("proc");
+        let swept = self
+            .offload
+            .run(
+                "sweeping temp files of the node database",
+                None,
+                self.config.file_timeout,
+                move || adm.sweep_leftovers(&proc),
+            )
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(
+                removed,
+                "removed temp files a killed lunkeeper left in the iSCSI node database"
+            ),
+            Err(error) => tracing::warn!(%error, "could not sweep the node database's temp files"),
+        }
+    }
+
+    /// Threads left blocked in the kernel by calls that passed their deadline.
+    pub fn stuck_calls(&self) -> usize {
+        self.offload.stuck()
     }
 
     fn wwids(&self) -> WwidsFile {
@@ -95,56 +134,18 @@ impl RealHost {
     ) -> Result<Outcome, ActError> {
         let adm = &self.config.iscsiadm;
         let created = adm.create_node(key).await?;
-        let read = |path: &PathBuf| {
-            iscsiadm::read_secret(path).map_err(|source| ActError::Secret {
-                path: path.clone(),
-                source,
-            })
-        };
-        let mut values: Vec<(&str, Option<String>)> = vec![
-            // A login must not scan the whole target (foreign LUNs, kubernetes #59946) nor
-            // come back at boot behind lunkeeper's back.
-            ("node.session.scan", Some("manual".into())),
-            ("node.startup", Some("manual".into())),
-            (
-                "node.session.timeo.replacement_timeout",
-                Some(settings.replacement_timeout.to_string()),
-            ),
-            (
-                "node.conn[0].timeo.login_timeout",
-                Some(login_timeout.to_string()),
-            ),
-            ("node.session.initial_login_retry_max", Some("1".into())),
-        ];
-        match &settings.chap {
-            Some(chap) => values.extend([
-                ("node.session.auth.authmethod", Some("CHAP".into())),
-                ("node.session.auth.username", Some(chap.username.clone())),
-                (
-                    "node.session.auth.password",
-                    Some(read(&chap.password_file)?),
-                ),
-                ("node.session.auth.username_in", chap.username_in.clone()),
-                (
-                    "node.session.auth.password_in",
-                    chap.password_in_file.as_ref().map(read).transpose()?,
-                ),
-            ]),
-            None => values.extend([
-                ("node.session.auth.authmethod", Some("None".into())),
-                ("node.session.auth.username", None),
-                ("node.session.auth.password", None),
-                ("node.session.auth.username_in", None),
-                ("node.session.auth.password_in", None),
-            ]),
-        }
-        let record = adm.record_file(key).ok_or_else(|| ActError::NoRecord {
-            session: key.to_string(),
-        })?;
-        iscsiadm::write_record_keys(&record, &values).map_err(|source| ActError::Record {
-            path: record,
-            source,
-        })?;
+        let (adm, key_owned, settings) = (adm.clone(), key.clone(), settings.clone());
+        // The secret reads and the record write touch files only: one call off the event loop,
+        // one at a time per session's record.
+        let object = format!("node record {key}");
+        self.offload
+            .run(
+                &format!("writing the {object}"),
+                Some(&object),
+                self.config.file_timeout,
+                move || write_node(&adm, &key_owned, &settings, login_timeout),
+            )
+            .await??;
         Ok(done(created))
     }
 
@@ -174,7 +175,15 @@ impl RealHost {
     ) -> Result<Outcome, ActError> {
         let path = self.config.root.join(NAMES_DIR).join(key);
         let line = format!("LUNKEEPER_VOLUME={volume}\n");
-        crate::files::write_atomic(&path, line.as_bytes(), 0o644)
+        let target = path.clone();
+        self.offload
+            .run(
+                &format!("writing {}", path.display()),
+                Some(&path.display().to_string()),
+                self.config.file_timeout,
+                move || crate::files::write_atomic(&target, line.as_bytes(), 0o644),
+            )
+            .await?
             .map_err(|source| ActError::Record { path, source })?;
         // A map made between the plan and the write above may have had its events processed
         // without the name: look for it now.
@@ -189,7 +198,13 @@ impl RealHost {
                 .join("sys/class/block")
                 .join(device)
                 .join("uevent");
-            sysfs::write_attr(uevent, "change".into(), self.config.scan_timeout).await?;
+            sysfs::write_attr(
+                &self.offload,
+                uevent,
+                "change".into(),
+                self.config.scan_timeout,
+            )
+            .await?;
         }
         Ok(Outcome::Changed)
     }
@@ -217,15 +232,92 @@ impl RealHost {
         disk: Option<&str>,
     ) -> Result<Outcome, ActError> {
         let root = &self.config.root;
-        // Held for the duration of the delete so nobody mounts the disk in between.
-        let _guard = match disk {
-            Some(d) => sysfs::probe_exclusive(&root.join("dev").join(d))?,
+        // Held for the duration of the delete so nobody mounts the disk in between, then
+        // closed off the event loop (the last close flushes again); on an error path dropping
+        // it closes it on a detached thread.
+        let guard = match disk {
+            Some(d) => {
+                let node = root.join("dev").join(d);
+                sysfs::probe_exclusive(&self.offload, &node, self.config.delete_timeout).await?
+            }
             None => None,
         };
         let path = root.join(format!("sys/class/scsi_device/{hctl}/device/delete"));
-        let wrote = sysfs::write_attr(path, "1".into(), self.config.delete_timeout).await?;
+        let wrote =
+            sysfs::write_attr(&self.offload, path, "1".into(), self.config.delete_timeout).await?;
+        if let Some(guard) = guard {
+            // The disk is deleted: a close that hangs does not undo that.
+            if let Err(error) = guard.close(self.config.delete_timeout).await {
+                tracing::warn!(%hctl, %error, "closing a deleted disk did not finish");
+            }
+        }
         Ok(changed(wrote))
     }
+}
+
+/// Sets lunkeeper's keys in the session's node record, CHAP secrets read from their files.
+/// Runs on a detached thread: it reads and writes files only.
+fn write_node(
+    adm: &Iscsiadm,
+    key: &SessionKey,
+    settings: &NodeSettings,
+    login_timeout: u32,
+) -> Result<(), ActError> {
+    let read = |key: &'static str, file: &SecretFile| {
+        iscsiadm::read_secret(file.path()).map_err(|source| ActError::Secret {
+            key,
+            file: file.clone(),
+            source,
+        })
+    };
+    let mut values: Vec<(&str, Option<String>)> = vec![
+        // A login must not scan the whole target (foreign LUNs, kubernetes #59946) nor
+        // come back at boot behind lunkeeper's back.
+        ("node.session.scan", Some("manual".into())),
+        ("node.startup", Some("manual".into())),
+        (
+            "node.session.timeo.replacement_timeout",
+            Some(settings.replacement_timeout.to_string()),
+        ),
+        (
+            "node.conn[0].timeo.login_timeout",
+            Some(login_timeout.to_string()),
+        ),
+        ("node.session.initial_login_retry_max", Some("1".into())),
+    ];
+    match &settings.chap {
+        Some(chap) => values.extend([
+            ("node.session.auth.authmethod", Some("CHAP".into())),
+            ("node.session.auth.username", Some(chap.username.clone())),
+            (
+                "node.session.auth.password",
+                Some(read("password_file", &chap.password_file)?),
+            ),
+            ("node.session.auth.username_in", chap.username_in.clone()),
+            (
+                "node.session.auth.password_in",
+                chap.password_in_file
+                    .as_ref()
+                    .map(|f| read("password_in_file", f))
+                    .transpose()?,
+            ),
+        ]),
+        None => values.extend([
+            ("node.session.auth.authmethod", Some("None".into())),
+            ("node.session.auth.username", None),
+            ("node.session.auth.password", None),
+            ("node.session.auth.username_in", None),
+            ("node.session.auth.password_in", None),
+        ]),
+    }
+    let record = adm.record_file(key).ok_or_else(|| ActError::NoRecord {
+        session: key.to_string(),
+    })?;
+    adm.write_record_keys(&record, &values)
+        .map_err(|source| ActError::Record {
+            path: record,
+            source,
+        })
 }
 
 fn changed(changed: bool) -> Outcome {
@@ -276,7 +368,9 @@ impl Host for RealHost {
             Action::Scan { host, lun, .. } => {
                 let path = c.root.join(format!("sys/class/scsi_host/host{host}/scan"));
                 // Channel 0, any target id (iscsi_tcp has one), exactly this LUN.
-                let wrote = sysfs::write_attr(path, format!("0 - {lun}"), c.scan_timeout).await?;
+                let wrote =
+                    sysfs::write_attr(&self.offload, path, format!("0 - {lun}"), c.scan_timeout)
+                        .await?;
                 Ok(changed(wrote))
             }
             Action::RegisterWwid { wwid } => Ok(changed(self.wwids().add(wwid).await?)),
@@ -310,13 +404,36 @@ impl Host for RealHost {
             } => self.name_device(key, volume, device.as_deref()).await,
             Action::UnnameDevice { key } => {
                 let path = c.root.join(NAMES_DIR).join(key);
-                match std::fs::remove_file(&path) {
+                let target = path.clone();
+                let removed = self
+                    .offload
+                    .run(
+                        &format!("removing {}", path.display()),
+                        Some(&path.display().to_string()),
+                        c.file_timeout,
+                        move || std::fs::remove_file(&target),
+                    )
+                    .await?;
+                match removed {
                     Ok(()) => Ok(Outcome::Changed),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outcome::AlreadySo),
                     Err(source) => Err(ActError::Record { path, source }),
                 }
             }
-            Action::DeleteNode { session } => Ok(done(c.iscsiadm.delete_records(session)?)),
+            Action::DeleteNode { session } => {
+                let (adm, key) = (c.iscsiadm.clone(), session.clone());
+                let object = format!("node record {session}");
+                let deleted = self
+                    .offload
+                    .run(
+                        &format!("deleting the {object}"),
+                        Some(&object),
+                        c.file_timeout,
+                        move || adm.delete_records(&key),
+                    )
+                    .await??;
+                Ok(done(deleted))
+            }
             // Bookkeeping is matched above; listed so a new action cannot be forgotten here.
             Action::OwnVolume { .. }
             | Action::DisownVolume { .. }
@@ -324,5 +441,124 @@ impl Host for RealHost {
             | Action::ForgetSession { .. }
             | Action::ForgetWwid { .. } => Ok(Outcome::Changed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Lun;
+    use crate::plan::ChapSettings;
+
+    const TARGET: &str = "iqn.2026-11.test:a";
+
+    /// A host whose node database holds one record for TARGET at 127.0.0.1:3260, so ensuring
+    /// the node runs no iscsiadm.
+    fn host_with_record(dir: &std::path::Path) -> (RealHost, PathBuf) {
+        let nodes = dir.join("iscsi/nodes");
+        let portal = nodes.join(TARGET).join("127.0.0.1,3260,1");
+        std::fs::create_dir_all(&portal).unwrap();
+        let record = portal.join("default");
+        std::fs::write(&record, "node.name = x\n# END RECORD\n").unwrap();
+        let host = RealHost::new(RealHostConfig {
+            root: dir.to_path_buf(),
+            iscsiadm: Iscsiadm {
+                node_dirs: vec![nodes],
+                ..Iscsiadm::default()
+            },
+            ..RealHostConfig::default()
+        });
+        (host, record)
+    }
+
+    fn ensure(secret: &std::path::Path) -> Action {
+        Action::EnsureNode {
+            session: SessionKey {
+                target: TARGET.into(),
+                portal: "127.0.0.1:3260".parse().unwrap(),
+            },
+            settings: NodeSettings {
+                replacement_timeout: 5,
+                chap: Some(ChapSettings {
+                    username: "alice".into(),
+                    password_file: SecretFile::absolute(secret).unwrap(),
+                    username_in: None,
+                    password_in_file: None,
+                }),
+            },
+            login_timeout_secs: 15,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_secret_goes_into_the_record_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, record) = host_with_record(dir.path());
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "Hunter2Secret\n").unwrap();
+        host.execute(&ensure(&secret)).await.unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        assert!(
+            text.contains("node.session.auth.password = Hunter2Secret\n"),
+            "{text}"
+        );
+        let staging = dir.path().join("iscsi").join(iscsiadm::STAGING_DIR);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(record.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_missing_secret_is_transient_and_leaves_the_record_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, record) = host_with_record(dir.path());
+        let before = std::fs::read_to_string(&record).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "\n").unwrap();
+        for action in [ensure(&secret), ensure(&dir.path().join("missing"))] {
+            let err = host.execute(&action).await.unwrap_err();
+            assert!(matches!(err, ActError::Secret { .. }), "{err}");
+            assert!(
+                !err.is_permanent(),
+                "a secret being rewritten must not lead to a rollback: {err}"
+            );
+            assert!(err.to_string().contains("chap.password_file"), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_scan_is_transient_and_the_next_one_on_that_host_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let scan_dir = dir.path().join("sys/class/scsi_host/host7");
+        std::fs::create_dir_all(&scan_dir).unwrap();
+        // A FIFO without a reader blocks the write's open as a scan waiting on the target does.
+        let scan = scan_dir.join("scan");
+        nix::unistd::mkfifo(&scan, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let host = RealHost::new(RealHostConfig {
+            root: dir.path().to_path_buf(),
+            scan_timeout: Duration::from_millis(100),
+            ..RealHostConfig::default()
+        });
+        let action = |lun| Action::Scan {
+            session: SessionKey {
+                target: "iqn.2026-11.test:a".into(),
+                portal: "127.0.0.1:3260".parse().unwrap(),
+            },
+            host: 7,
+            lun: Lun(lun),
+        };
+        let err = host.execute(&action(0)).await.unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(host.stuck_calls(), 1);
+        let start = std::time::Instant::now();
+        let err = host.execute(&action(1)).await.unwrap_err();
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert!(err.to_string().contains("still stuck"), "{err}");
+        assert!(!err.is_permanent(), "{err}");
+        assert_eq!(host.stuck_calls(), 1, "no second thread was parked");
+        let _ = std::fs::File::open(&scan);
     }
 }

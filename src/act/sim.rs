@@ -333,7 +333,8 @@ impl SimWorld {
         {
             if self.faults.secret_unreadable {
                 return Some(ActError::Secret {
-                    path: chap.password_file.clone(),
+                    key: "password_file",
+                    file: chap.password_file.clone(),
                     source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
                 });
             }

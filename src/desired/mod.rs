@@ -5,10 +5,12 @@ mod diff;
 mod error;
 mod parse;
 mod portal;
+mod secret;
 mod types;
 
 pub use diff::Diff;
 pub use error::{ConfigError, Location};
-pub use parse::{load, parse};
+pub use parse::{load, locate, parse};
 pub use portal::{Portal, PortalHost};
+pub use secret::SecretFile;
 pub use types::{Chap, DaemonSettings, Desired, Lun, TargetName, Volume, VolumeName, VolumeState};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::error::{ConfigError, Location};
 use super::{
-    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, TargetName, Volume, VolumeName,
-    VolumeState,
+    Chap, DaemonSettings, Desired, Lun, Portal, PortalHost, SecretFile, TargetName, Volume,
+    VolumeName, VolumeState,
 };
 use crate::observe::Wwid;
 
@@ -170,6 +170,20 @@ pub fn parse(source: &Path, text: &str) -> Result<Desired, ConfigError> {
     })
 }
 
+/// Where the value of `key` (a key path such as `volume[1].chap.password_file`) is written in
+/// `text`, for checks made after parsing that point at the file; `None` when the key is not
+/// written (it took its default).
+pub fn locate(text: &str, key: &str) -> Option<Location> {
+    let (tree, _) = DeTable::parse_recoverable(text);
+    let nodes = NodeIndex::of_document(text, &tree);
+    nodes
+        .nodes
+        .iter()
+        .filter(|n| n.path == key && !n.span.is_empty())
+        .max_by_key(|n| n.span.start)
+        .map(|n| Location::of_offset(text, n.span.start))
+}
+
 /// What a volume gets for each key it leaves out.
 struct Defaults {
     multipath: bool,
@@ -217,12 +231,15 @@ impl File<'_> {
     fn toml_error(&self, nodes: &NodeIndex, error: &toml::de::Error) -> ConfigError {
         let message = one_line(error.message());
         match error.span() {
-            Some(span) => ConfigError::Toml {
-                path: self.source.to_path_buf(),
-                location: Location::of_offset(self.text, span.start),
-                key: nodes.key_path_at(&span),
-                message,
-            },
+            Some(span) => {
+                let (key, message) = hide_chap_values(nodes.key_path_at(&span), message);
+                ConfigError::Toml {
+                    path: self.source.to_path_buf(),
+                    location: Location::of_offset(self.text, span.start),
+                    key,
+                    message,
+                }
+            }
             None => ConfigError::Unplaced {
                 path: self.source.to_path_buf(),
                 message,
@@ -523,25 +540,22 @@ impl File<'_> {
     }
 
     /// Secrets are read later by a root-only daemon whose working directory is not the
-    /// operator's, so a relative path would silently point somewhere else.
+    /// operator's, so a relative path would silently point somewhere else. What was written is
+    /// not echoed: a value that is not an absolute path is often the secret itself.
     fn secret_path(
         &self,
         table: &str,
         key: &str,
         raw: &Spanned<String>,
-    ) -> Result<PathBuf, ConfigError> {
-        let path = PathBuf::from(raw.get_ref());
-        if path.is_absolute() {
-            return Ok(path);
-        }
-        Err(self.error_at(
-            raw.span(),
-            format!("{table}.{key}"),
-            format!(
-                "{:?} is not an absolute path; secret files must be named by absolute path",
-                raw.get_ref()
-            ),
-        ))
+    ) -> Result<SecretFile, ConfigError> {
+        SecretFile::absolute(raw.get_ref()).ok_or_else(|| {
+            self.error_at(
+                raw.span(),
+                format!("{table}.{key}"),
+                "is not an absolute path (the value is not shown: it may be a secret pasted in \
+                 place of its file); name the file holding the secret by its absolute path",
+            )
+        })
     }
 
     fn check_names_unique(&self, raw: &[RawVolume]) -> Result<(), ConfigError> {
@@ -586,6 +600,56 @@ impl File<'_> {
         }
         Ok(())
     }
+}
+
+/// The keys a `[volume.chap]` table may hold.
+const CHAP_KEYS: [&str; 4] = [
+    "username",
+    "password_file",
+    "username_in",
+    "password_in_file",
+];
+
+/// Operators paste secrets into `[volume.chap]` (in place of a file name, or as a line of their
+/// own), and the TOML reader quotes what it refuses ("invalid type: integer `123456`", "unknown
+/// field `…`"): an error about that table keeps its location and a key the schema knows, and
+/// says what is wrong in words of its own.
+fn hide_chap_values(key: String, message: String) -> (String, String) {
+    let Some(table_end) = chap_table_end(&key) else {
+        return (key, message);
+    };
+    let table = key.get(..table_end).unwrap_or_default().to_string();
+    let field = key.get(table_end..).unwrap_or_default();
+    let known = field
+        .strip_prefix('.')
+        .is_some_and(|f| CHAP_KEYS.contains(&f));
+    let hidden = "(what was written is not shown: it may be a secret)";
+    if message.starts_with("missing field") {
+        // Names a key of the schema, nothing the operator wrote.
+        (key, message)
+    } else if message.starts_with("unknown field") || (!field.is_empty() && !known) {
+        (
+            table,
+            format!(
+                "unknown key {hidden}; allowed keys: {}",
+                CHAP_KEYS.join(", ")
+            ),
+        )
+    } else if field.is_empty() {
+        (table, format!("must be a table of CHAP settings {hidden}"))
+    } else {
+        (key, format!("must be a quoted string {hidden}"))
+    }
+}
+
+/// Where the `volume[N].chap` part of a key path ends, if the path is in a chap table.
+fn chap_table_end(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("volume[")?;
+    let close = rest.find(']')?;
+    let after = rest.get(close + 1..)?;
+    let tail = after.strip_prefix(".chap")?;
+    (tail.is_empty() || tail.starts_with('.'))
+        .then_some("volume[".len() + close + 1 + ".chap".len())
 }
 
 /// Keeps every message on one line whatever the file contained, e.g. a key with a newline.
@@ -991,6 +1055,7 @@ fn key_segment(key: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::PathBuf;
 
     const PATH: &str = "/etc/lunkeeper/volumes.toml";
 
@@ -1096,9 +1161,9 @@ state = "absent"
                     state: VolumeState::Present,
                     chap: Some(Chap {
                         username: "u".into(),
-                        password_file: PathBuf::from("/etc/lunkeeper/secrets/db"),
+                        password_file: SecretFile::absolute("/etc/lunkeeper/secrets/db").unwrap(),
                         username_in: Some("t".into()),
-                        password_in_file: Some(PathBuf::from("/etc/lunkeeper/secrets/db-in")),
+                        password_in_file: SecretFile::absolute("/etc/lunkeeper/secrets/db-in"),
                     }),
                     replacement_timeout: 5,
                     login_timeout: Duration::from_secs(20),
@@ -1276,8 +1341,9 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             &one_volume(chap),
             9,
             1,
-            "volume[0].chap.secret",
-            "unknown field `secret`",
+            // A key under [volume.chap] that the schema does not know may be a pasted secret.
+            "volume[0].chap",
+            "unknown key (what was written is not shown",
         );
     }
 
@@ -1689,6 +1755,60 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             "volume[0].chap.password_file",
             "not an absolute path",
         );
+    }
+
+    #[test]
+    fn keys_are_located_at_their_values() {
+        let text = one_volume("[volume.chap]\nusername = \"u\"\npassword_file = \"/s\"\n");
+        assert_eq!(
+            locate(&text, "volume[0].chap.password_file"),
+            Some(Location {
+                line: 8,
+                column: 17
+            })
+        );
+        assert_eq!(
+            locate(&text, "volume[0].lun"),
+            Some(Location { line: 5, column: 7 })
+        );
+        assert_eq!(locate(&text, "volume[0].replacement_timeout"), None);
+        assert_eq!(locate(&text, "volume[1].lun"), None);
+    }
+
+    #[test]
+    fn values_under_chap_are_never_echoed() {
+        const SECRET: &str = "Hunter2Secret";
+        let chap = |body: &str| one_volume(&format!("[volume.chap]\n{body}"));
+        let cases = [
+            // The secret pasted where its file belongs, quoted or not, with wrong types too.
+            chap(&format!("username = \"u\"\npassword_file = \"{SECRET}\"\n")),
+            chap(&format!("username = \"u\"\npassword_file = {SECRET}\n")),
+            chap(&format!("username = \"u\"\npassword_file = '{SECRET}\n")),
+            chap(&format!("username = \"u\"\npassword_file = [\"{SECRET}\"]\n")),
+            chap(&format!("username = \"u\"\npassword_file = {{ x = \"{SECRET}\" }}\n")),
+            chap(&format!(
+                "username = \"u\"\npassword_file = \"/s\"\nusername_in = \"t\"\n\
+                 password_in_file = \"{SECRET}\"\n"
+            )),
+            chap(&format!(
+                "username = \"u\"\npassword_file = \"/s\"\npassword_in_file = \"{SECRET}\"\n"
+            )),
+            chap(&format!("username = \"u\"\npassword = \"{SECRET}\"\n")),
+            chap(&format!("username = {SECRET}\npassword_file = \"/s\"\n")),
+            chap(&format!("username = \"u\"\npassword_file = \"/s\"\n{SECRET} = 1\n")),
+            chap("username = \"u\"\npassword_file = 12345678\n"),
+            one_volume(&format!("chap = \"{SECRET}\"\n")),
+            format!(
+                "volume = [{{ name = \"db\", target = \"eui.0123456789abcdef\", portals =                  [\"h\"], lun = 0, chap = {{ username = \"u\", password_file = \"{SECRET}\" }} }}]\n"
+            ),
+        ];
+        for text in cases {
+            let err = parse_text(&text).expect_err(&text).to_string();
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(!err.to_lowercase().contains("hunter"), "{err}");
+            assert!(!err.contains("12345678"), "{err}");
+            assert!(err.contains("chap"), "the key is named: {err}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Portal;
+use super::{Portal, SecretFile};
 use crate::observe::Wwid;
 
 /// The validated content of a desired-state file.
@@ -122,8 +122,8 @@ impl fmt::Display for Lun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chap {
     pub username: String,
-    pub password_file: PathBuf,
+    pub password_file: SecretFile,
     /// Mutual CHAP: the name and secret the target answers with.
     pub username_in: Option<String>,
-    pub password_in_file: Option<PathBuf>,
+    pub password_in_file: Option<SecretFile>,
 }

@@ -1,9 +1,8 @@
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::desired::Lun;
+use crate::desired::{Lun, SecretFile};
 use crate::observe::{Hctl, Wwid};
 use crate::owned::SessionKey;
 
@@ -119,9 +118,9 @@ pub struct NodeSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ChapSettings {
     pub username: String,
-    pub password_file: PathBuf,
+    pub password_file: SecretFile,
     pub username_in: Option<String>,
-    pub password_in_file: Option<PathBuf>,
+    pub password_in_file: Option<SecretFile>,
 }
 
 impl Action {
