@@ -393,7 +393,7 @@ impl Host for RealHost {
                 let path = c
                     .root
                     .join(format!("sys/class/scsi_device/{hctl}/device/rescan"));
-                let wrote = sysfs::write_attr(path, "1".into(), c.scan_timeout).await?;
+                let wrote = sysfs::write_attr(&self.offload, path, "1".into(), c.scan_timeout).await?;
                 Ok(changed(wrote))
             }
             Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),
