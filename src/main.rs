@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lunkeeper::act::{Host, RealHost, RealHostConfig};
 use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
@@ -176,7 +175,8 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply { timeout, json } => {
-            let _lock = lock(&cli.state_dir)?;
+            // One planner per host: refused while the daemon runs (see src/lock.rs).
+            let _lock = lunkeeper::lock::for_apply(&cli.state_dir, &cli.runtime_dir)?;
             // Subscribed before the first look, so no change after it goes unnoticed.
             let mut udev = match UdevMonitor::new() {
                 Ok(monitor) => Some(monitor),
@@ -297,16 +297,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("lunkeeper: cannot start the runtime: {e}");
             ExitCode::from(CANNOT_RUN)
         })
-}
-
-/// One apply at a time: two would plan against each other's half-done work.
-fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = state_dir.join("lock");
-    lunkeeper::files::try_lock(&path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .ok_or_else(|| anyhow::anyhow!("{}: another lunkeeper is applying", path.display()))
 }
 
 fn print_plan(plan: &plan::Plan) {

@@ -18,7 +18,8 @@ use super::watch::ConfigWatcher;
 use crate::act::Host;
 use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
-use crate::files::{try_lock, write_atomic};
+use crate::files::write_atomic;
+use crate::lock::{self, HeldLock, LockError};
 use crate::owned::OwnedStore;
 use crate::status::{summarize, Status, VolumeStatus};
 
@@ -59,8 +60,8 @@ impl DaemonOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("another lunkeeper daemon holds {0}")]
-    Locked(PathBuf),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -94,7 +95,9 @@ const FOLLOW_UP: Duration = Duration::from_secs(2);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
-pub const LOCK_FILE: &str = "daemon.lock";
+pub const LOCK_FILE: &str = lock::DAEMON_LOCK;
+/// How often the daemon tries again for the planner lock while an `apply` holds it.
+const PLANNER_LOCK_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until SIGTERM or SIGINT. Must run inside a `LocalSet`.
 pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<(), DaemonError> {
@@ -103,7 +106,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
         move |source| DaemonError::Io { path, source }
     };
     std::fs::create_dir_all(&opts.runtime_dir).map_err(io(&opts.runtime_dir))?;
-    let _lock = lock(&opts.runtime_dir.join(LOCK_FILE))?;
+    let _daemon_lock = lock::daemon(&opts.runtime_dir, &opts.config)?;
 
     let mut watcher = ConfigWatcher::new(&opts.config, opts.debounce)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io(Path::new("SIGHUP")))?;
@@ -125,6 +128,10 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
         }
     };
     let watchdog = watchdog_interval();
+    let Some(_planner_lock) = planner_lock(&opts, watchdog, &mut sigterm, &mut sigint).await?
+    else {
+        return Ok(());
+    };
     // After an event the kernel, iscsid and multipathd keep moving for a moment (a session turns
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
@@ -394,20 +401,41 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
-    match try_lock(path) {
-        Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(DaemonError::Locked(path.to_path_buf())),
-        Err(source) => Err(DaemonError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+/// Takes the planner lock `apply` takes too, waiting while an `apply` started before the daemon
+/// finishes (its own lifetime lock already keeps new ones out). `None`: stopped while waiting.
+async fn planner_lock(
+    opts: &DaemonOptions,
+    watchdog: Option<Duration>,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<Option<HeldLock>, DaemonError> {
+    let mut told = false;
+    loop {
+        if let Some(held) = lock::try_planner_for_daemon(&opts.state_dir, &opts.config)? {
+            if told {
+                info!("the other planner finished; starting");
+            }
+            return Ok(Some(held));
+        }
+        if !told {
+            told = true;
+            let holder = lock::planner_holder(&opts.state_dir);
+            let line = format!("waiting: {holder} holds the planner lock");
+            warn!(%holder, "another lunkeeper is planning; waiting for it to finish");
+            notify(&[NotifyState::Status(&line)]);
+        }
+        if watchdog.is_some() {
+            notify(&[NotifyState::Watchdog]);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PLANNER_LOCK_RETRY) => {}
+            _ = sigterm.recv() => return Ok(None),
+            _ = sigint.recv() => return Ok(None),
+        }
     }
 }
 
 /// Whether a daemon holds the lock in `runtime_dir`, i.e. its status file is live.
 pub fn daemon_running(runtime_dir: &Path) -> bool {
-    let path = runtime_dir.join(LOCK_FILE);
-    // Only probe an existing lock file: `status` must not create files in the runtime dir.
-    path.exists() && matches!(try_lock(&path), Ok(None))
+    lock::daemon_running(runtime_dir)
 }
