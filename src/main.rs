@@ -74,6 +74,10 @@ enum Command {
         timeout: u64,
         #[arg(long)]
         json: bool,
+        /// Detach volumes left out of the file even when they are most of those attached
+        /// (this run only).
+        #[arg(long)]
+        allow_mass_detach: bool,
     },
     /// Show how each volume stands (from the daemon while it runs).
     Status {
@@ -174,7 +178,11 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             print_status(&Status::build(desired, &observed, &results), json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apply { timeout, json } => {
+        Command::Apply {
+            timeout,
+            json,
+            allow_mass_detach,
+        } => {
             // One planner per host: refused while the daemon runs (see src/lock.rs).
             let _lock = lunkeeper::lock::for_apply(&cli.state_dir, &cli.runtime_dir)?;
             // Subscribed before the first look, so no change after it goes unnoticed.
@@ -193,9 +201,18 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                 } else {
                     defaults.poll
                 },
+                allow_mass_detach,
                 ..defaults
             };
-            let report = apply::apply(Rc::clone(&host), desired, &store, &opts, &mut udev).await?;
+            let report =
+                match apply::apply(Rc::clone(&host), desired, &store, &opts, &mut udev).await {
+                    Ok(report) => report,
+                    Err(e @ apply::ApplyError::MassDetach(_)) => {
+                        eprintln!("lunkeeper: {e}");
+                        return Ok(ExitCode::from(NOT_CONVERGED));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             let status = Status::build(desired, &report.observed, &report.volumes);
             if !json {
                 let changed = report

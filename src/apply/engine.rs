@@ -87,6 +87,11 @@ impl<H: Host + 'static> Engine<H> {
         &self.executed
     }
 
+    /// What lunkeeper owns now, as last recorded.
+    pub fn owned(&self) -> &Owned {
+        &self.owned
+    }
+
     pub fn next_release(&self) -> Option<tokio::time::Instant> {
         self.holds.next_release()
     }

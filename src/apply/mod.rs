@@ -19,6 +19,7 @@ use crate::act::{Host, ObserveFailure};
 use crate::desired::Desired;
 use crate::observe::Observed;
 use crate::owned::{OwnedError, OwnedStore};
+use crate::plan::mass_detach::{self, MassDetach};
 use crate::plan::{Action, Subject, Verdict};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub struct ApplyOptions {
     /// wakes `apply` earlier (a lane finishing, an event from [`Wake`], a hold ending).
     pub poll: Duration,
     pub retry: RetryPolicy,
+    /// Lets this one run detach most of the attached volumes because the file no longer names
+    /// them (`--allow-mass-detach`); see [`crate::plan::mass_detach`].
+    pub allow_mass_detach: bool,
 }
 
 /// Tells [`apply`] that the world may have changed (udev processed a device event), so it
@@ -57,6 +61,7 @@ impl Default for ApplyOptions {
                 settle: Duration::from_secs(3),
                 grace: Duration::from_secs(1),
             },
+            allow_mass_detach: false,
         }
     }
 }
@@ -67,6 +72,12 @@ pub enum ApplyError {
     Observe(#[from] ObserveFailure),
     #[error(transparent)]
     Owned(#[from] OwnedError),
+    /// The file would detach most attached volumes by leaving them out; nothing was done.
+    #[error(
+        "{0}. If that is what you want, mark them state = \"absent\" in the file, remove them a few \
+         at a time, or run `lunkeeper apply --allow-mass-detach` once"
+    )]
+    MassDetach(MassDetach),
 }
 
 /// How one volume ended up.
@@ -107,6 +118,11 @@ pub async fn apply<H: Host + 'static>(
     wake: &mut impl Wake,
 ) -> Result<Report, ApplyError> {
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
+    if !opts.allow_mass_detach {
+        if let Some(refused) = mass_detach::check(desired, engine.owned()) {
+            return Err(ApplyError::MassDetach(refused));
+        }
+    }
     let deadline = Instant::now() + opts.timeout;
     let began = Instant::now();
     let (mut looks, mut looking) = (0u32, Duration::ZERO);
@@ -178,6 +194,7 @@ mod tests {
                 settle: Duration::from_millis(100),
                 grace: Duration::from_millis(20),
             },
+            allow_mass_detach: false,
         }
     }
 
@@ -344,5 +361,95 @@ mod tests {
         assert_eq!(owned.sessions.len(), 1);
         assert_eq!(owned.nodes.len(), 1);
         assert_eq!(owned.wwids.len(), 1);
+    }
+
+    fn detaches(sim: &SimHost) -> Vec<Action> {
+        sim.lock()
+            .log
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Logout { .. }
+                        | Action::DeleteDevice { .. }
+                        | Action::FlushMap { .. }
+                        | Action::DelPath { .. }
+                        | Action::DeleteNode { .. }
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_drops_most_volumes_is_refused_whole() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let all = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            volume("db1", TARGET_A, &[P1, P2], 1),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
+        assert!(run(&sim, &all, &store).await.converged);
+        let before = sim.snapshot();
+        let pushed = desired(vec![volume("db0", TARGET_A, &[P1, P2], 0)]);
+
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(
+                Rc::clone(&sim),
+                &pushed,
+                &store,
+                &opts(),
+                &mut NoWake,
+            ))
+            .await;
+        let Err(e @ ApplyError::MassDetach(_)) = r else {
+            panic!("not refused: {r:?}");
+        };
+        let text = e.to_string();
+        assert!(text.contains("2 of 3"), "{text}");
+        assert!(text.contains("--allow-mass-detach"), "{text}");
+        assert!(detaches(&sim).is_empty(), "{:?}", detaches(&sim));
+        assert_eq!(sim.snapshot(), before);
+        assert_eq!(store.load().unwrap().volumes.len(), 3);
+
+        // The same change said explicitly goes through.
+        let explicit = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            absent(volume("db1", TARGET_A, &[P1, P2], 1)),
+            absent(volume("big", TARGET_A, &[P1, P2], 300)),
+        ]);
+        let r = run(&sim, &explicit, &store).await;
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(sim.snapshot().maps.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allow_mass_detach_overrides_the_guard() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let all = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            volume("db1", TARGET_A, &[P1, P2], 1),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
+        assert!(run(&sim, &all, &store).await.converged);
+        let pushed = desired(vec![volume("db0", TARGET_A, &[P1, P2], 0)]);
+        let o = ApplyOptions {
+            allow_mass_detach: true,
+            ..opts()
+        };
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &pushed, &store, &o, &mut NoWake))
+            .await
+            .unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(sim.snapshot().maps.len(), 1);
+        assert!(!detaches(&sim).is_empty());
+        assert_eq!(store.load().unwrap().volumes.len(), 1);
     }
 }

@@ -20,7 +20,8 @@ use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
 use crate::files::write_atomic;
 use crate::lock::{self, HeldLock, LockError};
-use crate::owned::OwnedStore;
+use crate::owned::{Owned, OwnedStore};
+use crate::plan::mass_detach::{self, MassDetach};
 use crate::status::{summarize, Status, VolumeStatus};
 
 #[derive(Debug, Clone)]
@@ -137,7 +138,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut follow_up_until: Option<Instant> = None;
 
     let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?;
-    let mut config = Config::load(&opts.config);
+    let mut config = Config::load(&opts.config, engine.owned());
     let mut resync = resync_timer(config.desired.as_ref());
     let started = Instant::now();
     let mut ready_sent = false;
@@ -255,29 +256,39 @@ struct Config {
 }
 
 impl Config {
-    fn load(path: &Path) -> Config {
+    /// The file at start. One that would detach most attached volumes by leaving them out is
+    /// not put in force: the daemon touches nothing until the file changes.
+    fn load(path: &Path, owned: &Owned) -> Config {
+        let refused = |error: String| Config {
+            desired: None,
+            state: ConfigState {
+                path: path.to_path_buf(),
+                ok: false,
+                error: Some(error),
+            },
+        };
         match desired::load(path) {
-            Ok(d) => {
-                info!(path = %path.display(), volumes = d.volumes.len(), "configuration loaded");
-                Config {
-                    desired: Some(d),
-                    state: ConfigState {
-                        path: path.to_path_buf(),
-                        ok: true,
-                        error: None,
-                    },
+            Ok(d) => match mass_detach::check(&d, owned) {
+                Some(m) => {
+                    let e = mass_detach_error(&m);
+                    error!(error = %e, "configuration refused at start; no volume is touched until it changes");
+                    refused(e)
                 }
-            }
+                None => {
+                    info!(path = %path.display(), volumes = d.volumes.len(), "configuration loaded");
+                    Config {
+                        desired: Some(d),
+                        state: ConfigState {
+                            path: path.to_path_buf(),
+                            ok: true,
+                            error: None,
+                        },
+                    }
+                }
+            },
             Err(e) => {
                 error!(error = %e, "configuration rejected; no volume is touched until it is fixed");
-                Config {
-                    desired: None,
-                    state: ConfigState {
-                        path: path.to_path_buf(),
-                        ok: false,
-                        error: Some(e.to_string()),
-                    },
-                }
+                refused(e.to_string())
             }
         }
     }
@@ -288,24 +299,15 @@ impl Config {
 fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: &mut Engine<H>) {
     notify(&[NotifyState::Reloading]);
     match desired::load(&opts.config) {
-        Ok(new) => {
-            let diff = match &config.desired {
-                Some(old) => Diff::between(old, &new),
-                None => Diff {
-                    added: new.volumes.iter().map(|v| v.name.to_string()).collect(),
-                    ..Diff::default()
-                },
-            };
-            if diff.is_empty() {
-                info!("configuration reloaded; no volume changed");
-            } else {
-                info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "configuration reloaded");
+        Ok(new) => match mass_detach::check(&new, engine.owned()) {
+            Some(refused) => {
+                let e = mass_detach_error(&refused);
+                error!(error = %e, "configuration refused; keeping the last good one, nothing is detached");
+                config.state.ok = false;
+                config.state.error = Some(e);
             }
-            engine.reset_volumes(&diff.touched());
-            config.desired = Some(new);
-            config.state.ok = true;
-            config.state.error = None;
-        }
+            None => accept(config, new, engine),
+        },
         Err(e) => {
             error!(error = %e, "configuration rejected; keeping the last good one, nothing is detached");
             config.state.ok = false;
@@ -313,6 +315,35 @@ fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: 
         }
     }
     notify(&[NotifyState::Ready]);
+}
+
+/// The daemon's wording of a tripped mass-detach guard: `--allow-mass-detach` is for `apply`,
+/// which does not run beside the daemon.
+fn mass_detach_error(refused: &MassDetach) -> String {
+    format!(
+        "{refused}; the configuration in force stays. If that is what you want, mark them \
+         state = \"absent\" in the file (or remove them a few at a time)"
+    )
+}
+
+/// Puts a new file in force.
+fn accept<H: Host + 'static>(config: &mut Config, new: Desired, engine: &mut Engine<H>) {
+    let diff = match &config.desired {
+        Some(old) => Diff::between(old, &new),
+        None => Diff {
+            added: new.volumes.iter().map(|v| v.name.to_string()).collect(),
+            ..Diff::default()
+        },
+    };
+    if diff.is_empty() {
+        info!("configuration reloaded; no volume changed");
+    } else {
+        info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "configuration reloaded");
+    }
+    engine.reset_volumes(&diff.touched());
+    config.desired = Some(new);
+    config.state.ok = true;
+    config.state.error = None;
 }
 
 fn publish(
@@ -438,4 +469,133 @@ async fn planner_lock(
 /// Whether a daemon holds the lock in `runtime_dir`, i.e. its status file is live.
 pub fn daemon_running(runtime_dir: &Path) -> bool {
     lock::daemon_running(runtime_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::sim::SimHost;
+    use crate::apply::{apply, ApplyOptions, NoWake};
+    use crate::plan::Action;
+    use crate::testkit::*;
+
+    fn toml(volumes: &[(&str, u32, &str)]) -> String {
+        volumes
+            .iter()
+            .map(|(name, lun, state)| {
+                format!(
+                    "[[volume]]\nname = \"{name}\"\ntarget = \"{TARGET_A}\"\n\
+                     portals = [\"{P1}\", \"{P2}\"]\nlun = {lun}\nstate = \"{state}\"\n\n"
+                )
+            })
+            .collect()
+    }
+
+    fn retry() -> RetryPolicy {
+        ApplyOptions::default().retry
+    }
+
+    /// Three volumes attached by lunkeeper, recorded in `state`.
+    async fn three_attached(sim: &Rc<SimHost>, state: &Path, file: &Path) -> Desired {
+        std::fs::write(
+            file,
+            toml(&[
+                ("db0", 0, "present"),
+                ("db1", 1, "present"),
+                ("big", 300, "present"),
+            ]),
+        )
+        .unwrap();
+        let d = desired::load(file).unwrap();
+        let store = OwnedStore::new(state);
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(
+                Rc::clone(sim),
+                &d,
+                &store,
+                &ApplyOptions::default(),
+                &mut NoWake,
+            ))
+            .await
+            .unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        d
+    }
+
+    fn detached(sim: &SimHost) -> bool {
+        sim.lock().log.iter().any(|a| {
+            matches!(
+                a,
+                Action::Logout { .. } | Action::DeleteDevice { .. } | Action::FlushMap { .. }
+            )
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_drops_most_volumes_keeps_the_previous_configuration() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let (state, file) = (dir.path().join("state"), dir.path().join("volumes.toml"));
+        let old = three_attached(&sim, &state, &file).await;
+        let opts = DaemonOptions::new(file.clone(), state.clone(), dir.path().join("run"));
+        let mut engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let mut config = Config::load(&file, engine.owned());
+        assert!(config.state.ok);
+
+        std::fs::write(&file, toml(&[("db0", 0, "present")])).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert_eq!(
+            config.desired.as_ref(),
+            Some(&old),
+            "the old file stays in force"
+        );
+        assert!(!config.state.ok);
+        let e = config.state.error.clone().unwrap_or_default();
+        assert!(e.contains("2 of 3"), "{e}");
+        assert!(e.contains("state = \"absent\""), "{e}");
+        // The published status line carries it (STATUS= and status.json).
+        let mut last = None;
+        publish(&opts, &config, Vec::new(), &mut last);
+        let published = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        assert!(published.contains("2 of 3"), "{published}");
+
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let desired = config.desired.clone().unwrap();
+                engine.pass(&desired).await.unwrap();
+                while engine.finish_one().await.unwrap() {}
+            })
+            .await;
+        assert!(!detached(&sim), "{:?}", sim.lock().log);
+
+        // Said explicitly, the same change is put in force.
+        std::fs::write(
+            &file,
+            toml(&[
+                ("db0", 0, "present"),
+                ("db1", 1, "absent"),
+                ("big", 300, "absent"),
+            ]),
+        )
+        .unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert!(config.state.ok, "{:?}", config.state.error);
+        assert_eq!(config.desired.as_ref().map(|d| d.volumes.len()), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_started_on_a_file_that_drops_most_volumes_touches_nothing() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let (state, file) = (dir.path().join("state"), dir.path().join("volumes.toml"));
+        three_attached(&sim, &state, &file).await;
+        std::fs::write(&file, toml(&[("big", 300, "present")])).unwrap();
+        let engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let config = Config::load(&file, engine.owned());
+        assert!(config.desired.is_none(), "nothing is put in force");
+        let e = config.state.error.unwrap_or_default();
+        assert!(e.contains("2 of 3") && e.contains("db0, db1"), "{e}");
+    }
 }
