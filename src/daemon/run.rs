@@ -598,4 +598,28 @@ mod tests {
         let e = config.state.error.unwrap_or_default();
         assert!(e.contains("2 of 3") && e.contains("db0, db1"), "{e}");
     }
+
+    /// The config directory gone (an unmount, a botched deploy): the reload it causes fails
+    /// and the last good configuration stays in force; when it is back, it is read again.
+    #[tokio::test(start_paused = true)]
+    async fn a_config_directory_that_disappears_keeps_the_last_good_configuration() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let (state, file) = (dir.path().join("state"), etc.join("volumes.toml"));
+        let old = three_attached(&sim, &state, &file).await;
+        let opts = DaemonOptions::new(file.clone(), state.clone(), dir.path().join("run"));
+        let mut engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let mut config = Config::load(&file, engine.owned());
+        std::fs::remove_dir_all(&etc).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert_eq!(config.desired.as_ref(), Some(&old));
+        assert!(!config.state.ok);
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(&file, toml(&[("db0", 0, "present"), ("db1", 1, "present")])).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert!(config.state.ok, "{:?}", config.state.error);
+        assert_eq!(config.desired.map(|d| d.volumes.len()), Some(2));
+    }
 }
