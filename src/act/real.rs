@@ -7,7 +7,7 @@ use super::iscsiadm::{self, Done, Iscsiadm};
 use super::multipathd::{Multipathd, Reply};
 use super::sysfs::{self, SysfsError};
 use super::wwids::{wwids_path, WwidsFile};
-use super::{ActError, Host, ObserveFailure, Outcome};
+use super::{preflight, ActError, Host, Missing, ObserveFailure, Outcome};
 use crate::desired::{Desired, PortalHost};
 use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
@@ -27,6 +27,9 @@ pub struct RealHostConfig {
     /// Deleting a path whose transport is down waits up to the replacement timeout.
     pub delete_timeout: Duration,
     pub dns_timeout: Duration,
+    /// The preflight checks read a few files; a hung /proc or file system must not hold
+    /// `apply` past its promise to answer within 5 s.
+    pub preflight_timeout: Duration,
 }
 
 impl Default for RealHostConfig {
@@ -39,6 +42,7 @@ impl Default for RealHostConfig {
             scan_timeout: Duration::from_secs(30),
             delete_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(5),
+            preflight_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -251,6 +255,21 @@ impl Host for RealHost {
             .map_err(|e| ObserveFailure::Task(e.to_string()))??;
         self.resolve(desired, &mut observed).await;
         Ok(observed)
+    }
+
+    async fn preflight(&self, desired: &Desired) -> Result<(), Vec<Missing>> {
+        let root = self.config.root.clone();
+        let multipath = super::wants_multipath(desired);
+        let checks = tokio::task::spawn_blocking(move || preflight::check(&root, multipath));
+        let missing = match tokio::time::timeout(self.config.preflight_timeout, checks).await {
+            Ok(Ok(missing)) => missing,
+            Ok(Err(_)) | Err(_) => vec![Missing::Unanswered],
+        };
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {

@@ -40,6 +40,10 @@ pub struct SimWorld {
     /// Like multipathd under `find_multipaths strict` when the WWID is registered before udev
     /// has passed the paths' uevents on: the map forms without anyone asking.
     pub maps_from_uevents: bool,
+    /// What preflight reports missing (multipathd only while a present volume wants it).
+    pub missing: Vec<super::Missing>,
+    /// How many times preflight was asked.
+    pub preflights: u32,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
@@ -485,6 +489,23 @@ impl Host for SimHost {
 
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
         self.lock().execute(action)
+    }
+
+    async fn preflight(&self, desired: &Desired) -> Result<(), Vec<super::Missing>> {
+        let multipath = super::wants_multipath(desired);
+        let mut world = self.lock();
+        world.preflights += 1;
+        let missing: Vec<_> = world
+            .missing
+            .iter()
+            .filter(|m| multipath || **m != super::Missing::Multipathd)
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 

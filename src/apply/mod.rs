@@ -15,7 +15,7 @@ use tokio::time::Instant;
 pub use engine::{Engine, Pass};
 pub use holds::RetryPolicy;
 
-use crate::act::{Host, ObserveFailure};
+use crate::act::{preflight, Host, Missing, ObserveFailure};
 use crate::desired::Desired;
 use crate::observe::Observed;
 use crate::owned::{OwnedError, OwnedStore};
@@ -33,7 +33,13 @@ pub struct ApplyOptions {
     /// Lets this one run detach most of the attached volumes because the file no longer names
     /// them (`--allow-mass-detach`); see [`crate::plan::mass_detach`].
     pub allow_mass_detach: bool,
+    /// How long a missing service may take to appear (one started just before `apply`) before
+    /// `apply` gives up and names it. With the checks' own deadline this stays under 5 s.
+    pub preflight_wait: Duration,
 }
+
+/// How often a failed preflight is repeated within `preflight_wait`.
+const PREFLIGHT_RETRY: Duration = Duration::from_millis(500);
 
 /// Tells [`apply`] that the world may have changed (udev processed a device event), so it
 /// looks again before the poll interval is up.
@@ -62,6 +68,7 @@ impl Default for ApplyOptions {
                 grace: Duration::from_secs(1),
             },
             allow_mass_detach: false,
+            preflight_wait: Duration::from_secs(2),
         }
     }
 }
@@ -78,6 +85,9 @@ pub enum ApplyError {
          at a time, or run `lunkeeper apply --allow-mass-detach` once"
     )]
     MassDetach(MassDetach),
+    /// Something acting needs is not there; nothing was done.
+    #[error("cannot act: {}", preflight::describe(.0))]
+    Preflight(Vec<Missing>),
 }
 
 /// How one volume ended up.
@@ -117,12 +127,14 @@ pub async fn apply<H: Host + 'static>(
     opts: &ApplyOptions,
     wake: &mut impl Wake,
 ) -> Result<Report, ApplyError> {
+    let probe = Rc::clone(&host);
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
     if !opts.allow_mass_detach {
         if let Some(refused) = mass_detach::check(desired, engine.owned()) {
             return Err(ApplyError::MassDetach(refused));
         }
     }
+    preflight_ok(probe.as_ref(), desired, opts.preflight_wait).await?;
     let deadline = Instant::now() + opts.timeout;
     let began = Instant::now();
     let (mut looks, mut looking) = (0u32, Duration::ZERO);
@@ -178,6 +190,27 @@ pub async fn apply<H: Host + 'static>(
     }
 }
 
+/// Waits up to `wait` for everything acting needs to be there.
+async fn preflight_ok<H: Host>(
+    host: &H,
+    desired: &Desired,
+    wait: Duration,
+) -> Result<(), ApplyError> {
+    let give_up = Instant::now() + wait;
+    loop {
+        match host.preflight(desired).await {
+            Ok(()) => return Ok(()),
+            Err(missing) if Instant::now() + PREFLIGHT_RETRY > give_up => {
+                return Err(ApplyError::Preflight(missing));
+            }
+            Err(missing) => {
+                tracing::info!(missing = %preflight::describe(&missing), "waiting for what acting needs");
+                tokio::time::sleep(PREFLIGHT_RETRY).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +228,7 @@ mod tests {
                 grace: Duration::from_millis(20),
             },
             allow_mass_detach: false,
+            preflight_wait: Duration::from_secs(2),
         }
     }
 
@@ -451,5 +485,70 @@ mod tests {
         assert_eq!(sim.snapshot().maps.len(), 1);
         assert!(!detaches(&sim).is_empty());
         assert_eq!(store.load().unwrap().volumes.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_names_what_is_missing_and_does_nothing() {
+        let sim = Rc::new(network());
+        sim.lock().missing = vec![Missing::Iscsid, Missing::Multipathd];
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let started = Instant::now();
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &d, &store, &opts(), &mut NoWake))
+            .await;
+        let Err(e @ ApplyError::Preflight(_)) = r else {
+            panic!("not refused: {r:?}");
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let text = e.to_string();
+        assert!(text.contains("iscsid is not running"), "{text}");
+        assert!(text.contains("systemctl start iscsid"), "{text}");
+        assert!(text.contains("systemctl start multipathd"), "{text}");
+        assert!(sim.lock().log.is_empty(), "{:?}", sim.lock().log);
+        assert!(sim.lock().preflights > 1, "looked again before giving up");
+
+        // multipathd is not needed without multipath; iscsid still is.
+        let mut single = volume("db", TARGET_A, &[P1], 0);
+        single.multipath = false;
+        let r = local
+            .run_until(apply(
+                Rc::clone(&sim),
+                &desired(vec![single]),
+                &store,
+                &opts(),
+                &mut NoWake,
+            ))
+            .await;
+        let Err(ApplyError::Preflight(m)) = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(m, vec![Missing::Iscsid]);
+    }
+
+    /// A service that comes up within the wait (started just before apply) is waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_appears_within_the_wait_lets_apply_go_on() {
+        let sim = Rc::new(network());
+        sim.lock().missing = vec![Missing::Iscsid];
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let local = tokio::task::LocalSet::new();
+        let starter = {
+            let sim = Rc::clone(&sim);
+            local.spawn_local(async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                sim.lock().missing.clear();
+            })
+        };
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &d, &store, &opts(), &mut NoWake))
+            .await
+            .unwrap();
+        starter.await.unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
     }
 }
