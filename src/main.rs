@@ -291,6 +291,9 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
     if let Some(e) = &status.config.error {
         println!("config REJECTED (the last good one is in force): {e}");
     }
+    if let Some(w) = &status.waiting {
+        println!("{w}");
+    }
     match print_status(
         &Status {
             volumes: status.volumes,

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use super::iscsi_events::{IscsiEvents, IscsiEventsError};
 use super::udev::{relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
-use crate::act::Host;
+use crate::act::{preflight, Host, Missing};
 use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
 use crate::files::write_atomic;
@@ -80,6 +80,10 @@ pub enum DaemonError {
 pub struct DaemonStatus {
     pub volumes: Vec<VolumeStatus>,
     pub config: ConfigState,
+    /// Set while something acting needs is missing ("waiting: iscsid is not running (run
+    /// `systemctl start iscsid`)"); the daemon acts on nothing meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +97,11 @@ pub struct ConfigState {
 pub const STATUS_FILE: &str = "status.json";
 /// How long the daemon keeps looking after an event.
 const FOLLOW_UP: Duration = Duration::from_secs(2);
+/// How often a missing service is looked for again when no event comes first.
+const PREFLIGHT_RECHECK: Duration = Duration::from_secs(3);
+/// While everything is there, preflight is repeated at most this often: a pass can run every
+/// 100 ms after an event, and a service that died shows in the failing steps meanwhile.
+const PREFLIGHT_FRESH: Duration = Duration::from_secs(5);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
@@ -137,6 +146,8 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
 
+    let probe = Rc::clone(&host);
+    let mut gate = Preflight::default();
     let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?;
     let mut config = Config::load(&opts.config, engine.owned());
     let mut resync = resync_timer(config.desired.as_ref());
@@ -150,12 +161,26 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     loop {
         if dirty {
             dirty = false;
+            let waiting = match &config.desired {
+                Some(desired) => gate.check(probe.as_ref(), desired).await,
+                None => None,
+            };
             let settled = match &config.desired {
+                Some(_) if waiting.is_some() => {
+                    // Nothing is acted on; the volumes are shown as last seen.
+                    let volumes = last_status
+                        .as_ref()
+                        .map(|s| s.volumes.clone())
+                        .unwrap_or_default();
+                    publish(&opts, &config, volumes, waiting, &mut last_status);
+                    wake_at = Some(Instant::now() + PREFLIGHT_RECHECK);
+                    false
+                }
                 Some(desired) => match engine.pass(desired).await {
                     Ok(pass) => {
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
-                        publish(&opts, &config, status.volumes, &mut last_status);
+                        publish(&opts, &config, status.volumes, None, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
                         let every = if following { FOLLOW_UP_POLL } else { opts.poll };
@@ -169,7 +194,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     }
                 },
                 None => {
-                    publish(&opts, &config, Vec::new(), &mut last_status);
+                    publish(&opts, &config, Vec::new(), None, &mut last_status);
                     true
                 }
             };
@@ -350,20 +375,25 @@ fn publish(
     opts: &DaemonOptions,
     config: &Config,
     volumes: Vec<VolumeStatus>,
+    waiting: Option<String>,
     last: &mut Option<DaemonStatus>,
 ) {
     let status = DaemonStatus {
         volumes,
         config: config.state.clone(),
+        waiting,
     };
     if last.as_ref() == Some(&status) {
         return;
     }
     let summary = summarize(&status.volumes);
-    let line = match &status.config.error {
+    let mut line = match &status.config.error {
         None => format!("{summary}; config ok"),
         Some(e) => format!("{summary}; config REJECTED, last good one in force: {e}"),
     };
+    if let Some(w) = &status.waiting {
+        line = format!("{w}; {line}");
+    }
     notify(&[NotifyState::Status(&line)]);
     info!(status = %line, "status");
     let path = opts.runtime_dir.join(STATUS_FILE);
@@ -376,6 +406,37 @@ fn publish(
         Err(e) => warn!(error = %e, "cannot encode the status"),
     }
     *last = Some(status);
+}
+
+/// The daemon's preflight: checked before a pass acts, again on every pass while something is
+/// missing, at most every [`PREFLIGHT_FRESH`] while all is there; logged when what is missing
+/// changes, never per pass.
+#[derive(Debug, Default)]
+struct Preflight {
+    missing: Vec<Missing>,
+    ok_at: Option<Instant>,
+}
+
+impl Preflight {
+    /// `Some("waiting: ...")` while something acting needs is missing.
+    async fn check<H: Host>(&mut self, host: &H, desired: &Desired) -> Option<String> {
+        let fresh = self.ok_at.is_some_and(|t| t.elapsed() < PREFLIGHT_FRESH);
+        if self.missing.is_empty() && fresh {
+            return None;
+        }
+        let missing = host.preflight(desired).await.err().unwrap_or_default();
+        self.ok_at = missing.is_empty().then(Instant::now);
+        if missing != self.missing {
+            if missing.is_empty() {
+                info!("everything acting needs is there again; acting");
+            } else {
+                warn!(missing = %preflight::describe(&missing), "waiting; nothing is acted on until it is there");
+            }
+            self.missing = missing;
+        }
+        (!self.missing.is_empty())
+            .then(|| format!("waiting: {}", preflight::describe(&self.missing)))
+    }
 }
 
 fn next_wake(waiting: bool, poll: Duration, release: Option<Instant>) -> Option<Instant> {
@@ -556,7 +617,7 @@ mod tests {
         assert!(e.contains("state = \"absent\""), "{e}");
         // The published status line carries it (STATUS= and status.json).
         let mut last = None;
-        publish(&opts, &config, Vec::new(), &mut last);
+        publish(&opts, &config, Vec::new(), None, &mut last);
         let published = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
         assert!(published.contains("2 of 3"), "{published}");
 
@@ -621,5 +682,55 @@ mod tests {
         reload(&opts, &mut config, &mut engine);
         assert!(config.state.ok, "{:?}", config.state.error);
         assert_eq!(config.desired.map(|d| d.volumes.len()), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn preflight_waits_rechecks_while_missing_and_is_cached_while_ok() {
+        let sim = network();
+        sim.lock().missing = vec![Missing::Iscsid];
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        let mut gate = Preflight::default();
+        let w = gate.check(&sim, &d).await.expect("waiting");
+        assert_eq!(
+            w,
+            "waiting: iscsid is not running (run `systemctl start iscsid`)"
+        );
+        assert!(gate.check(&sim, &d).await.is_some());
+        assert_eq!(
+            sim.lock().preflights,
+            2,
+            "checked again on every pass while missing"
+        );
+        sim.lock().missing.clear();
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert_eq!(
+            sim.lock().preflights,
+            3,
+            "not re-checked on every pass while ok"
+        );
+        tokio::time::advance(PREFLIGHT_FRESH).await;
+        sim.lock().missing = vec![Missing::Udevd];
+        assert!(gate
+            .check(&sim, &d)
+            .await
+            .is_some_and(|w| w.contains("udevd")));
+    }
+
+    #[test]
+    fn waiting_is_published_in_status_and_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DaemonOptions::new(
+            dir.path().join("volumes.toml"),
+            dir.path().join("state"),
+            dir.path().join("run"),
+        );
+        let config = Config::load(&opts.config, &Owned::default());
+        let mut last = None;
+        let w = "waiting: iscsid is not running (run `systemctl start iscsid`)".to_string();
+        publish(&opts, &config, Vec::new(), Some(w.clone()), &mut last);
+        let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        let status: DaemonStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(status.waiting, Some(w));
     }
 }
