@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lunkeeper::act::{Host, RealHost, RealHostConfig};
 use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
@@ -75,6 +74,10 @@ enum Command {
         timeout: u64,
         #[arg(long)]
         json: bool,
+        /// Detach volumes left out of the file even when they are most of those attached
+        /// (this run only).
+        #[arg(long)]
+        allow_mass_detach: bool,
     },
     /// Show how each volume stands (from the daemon while it runs).
     Status {
@@ -198,8 +201,13 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             print_status(&Status::build(desired, &observed, &results), json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apply { timeout, json } => {
-            let _lock = lock(&cli.state_dir)?;
+        Command::Apply {
+            timeout,
+            json,
+            allow_mass_detach,
+        } => {
+            // One planner per host: refused while the daemon runs (see src/lock.rs).
+            let _lock = lunkeeper::lock::for_apply(&cli.state_dir, &cli.runtime_dir)?;
             host.sweep_leftovers().await;
             // Subscribed before the first look, so no change after it goes unnoticed.
             let mut udev = match UdevMonitor::new() {
@@ -217,9 +225,18 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                 } else {
                     defaults.poll
                 },
+                allow_mass_detach,
                 ..defaults
             };
-            let report = apply::apply(Rc::clone(&host), desired, &store, &opts, &mut udev).await?;
+            let report =
+                match apply::apply(Rc::clone(&host), desired, &store, &opts, &mut udev).await {
+                    Ok(report) => report,
+                    Err(e @ apply::ApplyError::MassDetach(_)) => {
+                        eprintln!("lunkeeper: {e}");
+                        return Ok(ExitCode::from(NOT_CONVERGED));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             let status = Status::build(desired, &report.observed, &report.volumes);
             if !json {
                 let changed = report
@@ -304,6 +321,9 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
     if let Some(e) = &status.config.error {
         println!("config REJECTED (the last good one is in force): {e}");
     }
+    if let Some(w) = &status.waiting {
+        println!("{w}");
+    }
     match print_status(
         &Status {
             volumes: status.volumes,
@@ -328,16 +348,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("lunkeeper: cannot start the runtime: {e}");
             ExitCode::from(CANNOT_RUN)
         })
-}
-
-/// One apply at a time: two would plan against each other's half-done work.
-fn lock(state_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = state_dir.join("lock");
-    lunkeeper::files::try_lock(&path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .ok_or_else(|| anyhow::anyhow!("{}: another lunkeeper is applying", path.display()))
 }
 
 fn print_plan(plan: &plan::Plan) {

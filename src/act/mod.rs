@@ -6,6 +6,7 @@ pub mod command;
 pub mod iscsiadm;
 pub mod multipathd;
 pub mod offload;
+pub mod preflight;
 mod real;
 pub mod sim;
 pub mod sysfs;
@@ -13,9 +14,10 @@ pub mod wwids;
 
 use std::future::Future;
 
+pub use preflight::Missing;
 pub use real::{RealHost, RealHostConfig};
 
-use crate::desired::Desired;
+use crate::desired::{Desired, VolumeState};
 use crate::observe::{ObserveError, Observed};
 use crate::plan::Action;
 
@@ -87,4 +89,17 @@ pub trait Host {
     fn observe(&self, desired: &Desired) -> impl Future<Output = Result<Observed, ObserveFailure>>;
 
     fn execute(&self, action: &Action) -> impl Future<Output = Result<Outcome, ActError>>;
+
+    /// Whether what acting on `desired` needs is there (iSCSI transport, iscsid, multipathd
+    /// when a present volume wants multipath, udevd, the initiator name); `Err` names every
+    /// missing piece. Bounded by a deadline and never blocks the runtime thread.
+    fn preflight(&self, desired: &Desired) -> impl Future<Output = Result<(), Vec<Missing>>>;
+}
+
+/// Whether a present volume of `desired` wants multipath, so multipathd must run.
+pub fn wants_multipath(desired: &Desired) -> bool {
+    desired
+        .volumes
+        .iter()
+        .any(|v| v.state == VolumeState::Present && v.multipath)
 }

@@ -8,7 +8,7 @@ use super::multipathd::{Multipathd, Reply};
 use super::offload::Offload;
 use super::sysfs::{self, SysfsError};
 use super::wwids::{wwids_path, WwidsFile};
-use super::{ActError, Host, ObserveFailure, Outcome};
+use super::{preflight, ActError, Host, Missing, ObserveFailure, Outcome};
 use crate::desired::{Desired, PortalHost, SecretFile};
 use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
@@ -31,6 +31,9 @@ pub struct RealHostConfig {
     /// Reading a secret, writing a node record or a name mapping: local files, but on a host
     /// whose disks stall these block too, and they must not block the event loop forever.
     pub file_timeout: Duration,
+    /// The preflight checks read a few files; a hung /proc or file system must not hold
+    /// `apply` past its promise to answer within 5 s.
+    pub preflight_timeout: Duration,
 }
 
 impl Default for RealHostConfig {
@@ -44,6 +47,7 @@ impl Default for RealHostConfig {
             delete_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(5),
             file_timeout: Duration::from_secs(10),
+            preflight_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -345,6 +349,21 @@ impl Host for RealHost {
         Ok(observed)
     }
 
+    async fn preflight(&self, desired: &Desired) -> Result<(), Vec<Missing>> {
+        let root = self.config.root.clone();
+        let multipath = super::wants_multipath(desired);
+        let checks = tokio::task::spawn_blocking(move || preflight::check(&root, multipath));
+        let missing = match tokio::time::timeout(self.config.preflight_timeout, checks).await {
+            Ok(Ok(missing)) => missing,
+            Ok(Err(_)) | Err(_) => vec![Missing::Unanswered],
+        };
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
     async fn execute(&self, action: &Action) -> Result<Outcome, ActError> {
         let c = &self.config;
         match action {
@@ -393,7 +412,8 @@ impl Host for RealHost {
                 let path = c
                     .root
                     .join(format!("sys/class/scsi_device/{hctl}/device/rescan"));
-                let wrote = sysfs::write_attr(&self.offload, path, "1".into(), c.scan_timeout).await?;
+                let wrote =
+                    sysfs::write_attr(&self.offload, path, "1".into(), c.scan_timeout).await?;
                 Ok(changed(wrote))
             }
             Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),

@@ -42,6 +42,10 @@ pub struct SimWorld {
     pub maps_from_uevents: bool,
     /// Failures to inject.
     pub faults: SimFaults,
+    /// What preflight reports missing (multipathd only while a present volume wants it).
+    pub missing: Vec<super::Missing>,
+    /// How many times preflight was asked.
+    pub preflights: u32,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
@@ -630,6 +634,23 @@ impl Host for SimHost {
             Some(r) => r,
             // A dead process hears nothing back.
             None => std::future::pending().await,
+        }
+    }
+
+    async fn preflight(&self, desired: &Desired) -> Result<(), Vec<super::Missing>> {
+        let multipath = super::wants_multipath(desired);
+        let mut world = self.lock();
+        world.preflights += 1;
+        let missing: Vec<_> = world
+            .missing
+            .iter()
+            .filter(|m| multipath || **m != super::Missing::Multipathd)
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
         }
     }
 }

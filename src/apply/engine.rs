@@ -109,6 +109,11 @@ impl<H: Host + 'static> Engine<H> {
         self.executed.as_deref().unwrap_or_default()
     }
 
+    /// What lunkeeper owns now, as last recorded.
+    pub fn owned(&self) -> &Owned {
+        &self.owned
+    }
+
     pub fn next_release(&self) -> Option<tokio::time::Instant> {
         self.holds.next_release()
     }

@@ -29,6 +29,9 @@ fn opts() -> ApplyOptions {
             settle: Duration::from_millis(100),
             grace: Duration::from_millis(20),
         },
+        // The guard is tested on its own; here random files may drop most volumes at once.
+        allow_mass_detach: true,
+        preflight_wait: Duration::ZERO,
     }
 }
 

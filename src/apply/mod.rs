@@ -17,10 +17,11 @@ use tokio::time::Instant;
 pub use engine::{Engine, Pass};
 pub use holds::RetryPolicy;
 
-use crate::act::{Host, ObserveFailure};
+use crate::act::{preflight, Host, Missing, ObserveFailure};
 use crate::desired::Desired;
 use crate::observe::Observed;
 use crate::owned::{OwnedError, OwnedStore};
+use crate::plan::mass_detach::{self, MassDetach};
 use crate::plan::{Action, Subject, Verdict};
 
 #[derive(Debug, Clone)]
@@ -31,7 +32,16 @@ pub struct ApplyOptions {
     /// wakes `apply` earlier (a lane finishing, an event from [`Wake`], a hold ending).
     pub poll: Duration,
     pub retry: RetryPolicy,
+    /// Lets this one run detach most of the attached volumes because the file no longer names
+    /// them (`--allow-mass-detach`); see [`crate::plan::mass_detach`].
+    pub allow_mass_detach: bool,
+    /// How long a missing service may take to appear (one started just before `apply`) before
+    /// `apply` gives up and names it. With the checks' own deadline this stays under 5 s.
+    pub preflight_wait: Duration,
 }
+
+/// How often a failed preflight is repeated within `preflight_wait`.
+const PREFLIGHT_RETRY: Duration = Duration::from_millis(500);
 
 /// Tells [`apply`] that the world may have changed (udev processed a device event), so it
 /// looks again before the poll interval is up.
@@ -59,6 +69,8 @@ impl Default for ApplyOptions {
                 settle: Duration::from_secs(3),
                 grace: Duration::from_secs(1),
             },
+            allow_mass_detach: false,
+            preflight_wait: Duration::from_secs(2),
         }
     }
 }
@@ -69,6 +81,15 @@ pub enum ApplyError {
     Observe(#[from] ObserveFailure),
     #[error(transparent)]
     Owned(#[from] OwnedError),
+    /// The file would detach most attached volumes by leaving them out; nothing was done.
+    #[error(
+        "{0}. If that is what you want, mark them state = \"absent\" in the file, remove them a few \
+         at a time, or run `lunkeeper apply --allow-mass-detach` once"
+    )]
+    MassDetach(MassDetach),
+    /// Something acting needs is not there; nothing was done.
+    #[error("cannot act: {}", preflight::describe(.0))]
+    Preflight(Vec<Missing>),
 }
 
 /// How one volume ended up.
@@ -108,7 +129,14 @@ pub async fn apply<H: Host + 'static>(
     opts: &ApplyOptions,
     wake: &mut impl Wake,
 ) -> Result<Report, ApplyError> {
+    let probe = Rc::clone(&host);
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
+    if !opts.allow_mass_detach {
+        if let Some(refused) = mass_detach::check(desired, engine.owned()) {
+            return Err(ApplyError::MassDetach(refused));
+        }
+    }
+    preflight_ok(probe.as_ref(), desired, opts.preflight_wait).await?;
     let deadline = Instant::now() + opts.timeout;
     let began = Instant::now();
     let (mut looks, mut looking) = (0u32, Duration::ZERO);
@@ -164,6 +192,27 @@ pub async fn apply<H: Host + 'static>(
     }
 }
 
+/// Waits up to `wait` for everything acting needs to be there.
+async fn preflight_ok<H: Host>(
+    host: &H,
+    desired: &Desired,
+    wait: Duration,
+) -> Result<(), ApplyError> {
+    let give_up = Instant::now() + wait;
+    loop {
+        match host.preflight(desired).await {
+            Ok(()) => return Ok(()),
+            Err(missing) if Instant::now() + PREFLIGHT_RETRY > give_up => {
+                return Err(ApplyError::Preflight(missing));
+            }
+            Err(missing) => {
+                tracing::info!(missing = %preflight::describe(&missing), "waiting for what acting needs");
+                tokio::time::sleep(PREFLIGHT_RETRY).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +229,8 @@ mod tests {
                 settle: Duration::from_millis(100),
                 grace: Duration::from_millis(20),
             },
+            allow_mass_detach: false,
+            preflight_wait: Duration::from_secs(2),
         }
     }
 
@@ -346,5 +397,160 @@ mod tests {
         assert_eq!(owned.sessions.len(), 1);
         assert_eq!(owned.nodes.len(), 1);
         assert_eq!(owned.wwids.len(), 1);
+    }
+
+    fn detaches(sim: &SimHost) -> Vec<Action> {
+        sim.lock()
+            .log
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Logout { .. }
+                        | Action::DeleteDevice { .. }
+                        | Action::FlushMap { .. }
+                        | Action::DelPath { .. }
+                        | Action::DeleteNode { .. }
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_drops_most_volumes_is_refused_whole() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let all = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            volume("db1", TARGET_A, &[P1, P2], 1),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
+        assert!(run(&sim, &all, &store).await.converged);
+        let before = sim.snapshot();
+        let pushed = desired(vec![volume("db0", TARGET_A, &[P1, P2], 0)]);
+
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(
+                Rc::clone(&sim),
+                &pushed,
+                &store,
+                &opts(),
+                &mut NoWake,
+            ))
+            .await;
+        let Err(e @ ApplyError::MassDetach(_)) = r else {
+            panic!("not refused: {r:?}");
+        };
+        let text = e.to_string();
+        assert!(text.contains("2 of 3"), "{text}");
+        assert!(text.contains("--allow-mass-detach"), "{text}");
+        assert!(detaches(&sim).is_empty(), "{:?}", detaches(&sim));
+        assert_eq!(sim.snapshot(), before);
+        assert_eq!(store.load().unwrap().volumes.len(), 3);
+
+        // The same change said explicitly goes through.
+        let explicit = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            absent(volume("db1", TARGET_A, &[P1, P2], 1)),
+            absent(volume("big", TARGET_A, &[P1, P2], 300)),
+        ]);
+        let r = run(&sim, &explicit, &store).await;
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(sim.snapshot().maps.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allow_mass_detach_overrides_the_guard() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let all = desired(vec![
+            volume("db0", TARGET_A, &[P1, P2], 0),
+            volume("db1", TARGET_A, &[P1, P2], 1),
+            volume("big", TARGET_A, &[P1, P2], 300),
+        ]);
+        assert!(run(&sim, &all, &store).await.converged);
+        let pushed = desired(vec![volume("db0", TARGET_A, &[P1, P2], 0)]);
+        let o = ApplyOptions {
+            allow_mass_detach: true,
+            ..opts()
+        };
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &pushed, &store, &o, &mut NoWake))
+            .await
+            .unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        assert_eq!(sim.snapshot().maps.len(), 1);
+        assert!(!detaches(&sim).is_empty());
+        assert_eq!(store.load().unwrap().volumes.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_names_what_is_missing_and_does_nothing() {
+        let sim = Rc::new(network());
+        sim.lock().missing = vec![Missing::Iscsid, Missing::Multipathd];
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let started = Instant::now();
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &d, &store, &opts(), &mut NoWake))
+            .await;
+        let Err(e @ ApplyError::Preflight(_)) = r else {
+            panic!("not refused: {r:?}");
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let text = e.to_string();
+        assert!(text.contains("iscsid is not running"), "{text}");
+        assert!(text.contains("systemctl start iscsid"), "{text}");
+        assert!(text.contains("systemctl start multipathd"), "{text}");
+        assert!(sim.lock().log.is_empty(), "{:?}", sim.lock().log);
+        assert!(sim.lock().preflights > 1, "looked again before giving up");
+
+        // multipathd is not needed without multipath; iscsid still is.
+        let mut single = volume("db", TARGET_A, &[P1], 0);
+        single.multipath = false;
+        let r = local
+            .run_until(apply(
+                Rc::clone(&sim),
+                &desired(vec![single]),
+                &store,
+                &opts(),
+                &mut NoWake,
+            ))
+            .await;
+        let Err(ApplyError::Preflight(m)) = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(m, vec![Missing::Iscsid]);
+    }
+
+    /// A service that comes up within the wait (started just before apply) is waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_appears_within_the_wait_lets_apply_go_on() {
+        let sim = Rc::new(network());
+        sim.lock().missing = vec![Missing::Iscsid];
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        let local = tokio::task::LocalSet::new();
+        let starter = {
+            let sim = Rc::clone(&sim);
+            local.spawn_local(async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                sim.lock().missing.clear();
+            })
+        };
+        let r = local
+            .run_until(apply(Rc::clone(&sim), &d, &store, &opts(), &mut NoWake))
+            .await
+            .unwrap();
+        starter.await.unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
     }
 }

@@ -15,11 +15,13 @@ use tracing::{error, info, warn};
 use super::iscsi_events::{IscsiEvents, IscsiEventsError};
 use super::udev::{relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
-use crate::act::Host;
+use crate::act::{preflight, Host, Missing};
 use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
-use crate::files::{try_lock, write_atomic};
-use crate::owned::OwnedStore;
+use crate::files::write_atomic;
+use crate::lock::{self, HeldLock, LockError};
+use crate::owned::{Owned, OwnedStore};
+use crate::plan::mass_detach::{self, MassDetach};
 use crate::status::{summarize, Status, VolumeStatus};
 
 #[derive(Debug, Clone)]
@@ -59,8 +61,8 @@ impl DaemonOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("another lunkeeper daemon holds {0}")]
-    Locked(PathBuf),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -78,6 +80,10 @@ pub enum DaemonError {
 pub struct DaemonStatus {
     pub volumes: Vec<VolumeStatus>,
     pub config: ConfigState,
+    /// Set while something acting needs is missing ("waiting: iscsid is not running (run
+    /// `systemctl start iscsid`)"); the daemon acts on nothing meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,10 +97,17 @@ pub struct ConfigState {
 pub const STATUS_FILE: &str = "status.json";
 /// How long the daemon keeps looking after an event.
 const FOLLOW_UP: Duration = Duration::from_secs(2);
+/// How often a missing service is looked for again when no event comes first.
+const PREFLIGHT_RECHECK: Duration = Duration::from_secs(3);
+/// While everything is there, preflight is repeated at most this often: a pass can run every
+/// 100 ms after an event, and a service that died shows in the failing steps meanwhile.
+const PREFLIGHT_FRESH: Duration = Duration::from_secs(5);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
-pub const LOCK_FILE: &str = "daemon.lock";
+pub const LOCK_FILE: &str = lock::DAEMON_LOCK;
+/// How often the daemon tries again for the planner lock while an `apply` holds it.
+const PLANNER_LOCK_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until SIGTERM or SIGINT. Must run inside a `LocalSet`.
 pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<(), DaemonError> {
@@ -103,7 +116,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
         move |source| DaemonError::Io { path, source }
     };
     std::fs::create_dir_all(&opts.runtime_dir).map_err(io(&opts.runtime_dir))?;
-    let _lock = lock(&opts.runtime_dir.join(LOCK_FILE))?;
+    let _daemon_lock = lock::daemon(&opts.runtime_dir, &opts.config)?;
 
     let mut watcher = ConfigWatcher::new(&opts.config, opts.debounce)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io(Path::new("SIGHUP")))?;
@@ -125,12 +138,18 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
         }
     };
     let watchdog = watchdog_interval();
+    let Some(_planner_lock) = planner_lock(&opts, watchdog, &mut sigterm, &mut sigint).await?
+    else {
+        return Ok(());
+    };
     // After an event the kernel, iscsid and multipathd keep moving for a moment (a session turns
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
 
+    let probe = Rc::clone(&host);
+    let mut gate = Preflight::default();
     let mut engine = Engine::new(host, OwnedStore::new(&opts.state_dir), opts.retry)?.without_log();
-    let mut config = Config::load(&opts.config);
+    let mut config = Config::load(&opts.config, engine.owned());
     let mut resync = resync_timer(config.desired.as_ref());
     let started = Instant::now();
     let mut ready_sent = false;
@@ -142,12 +161,26 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     loop {
         if dirty {
             dirty = false;
+            let waiting = match &config.desired {
+                Some(desired) => gate.check(probe.as_ref(), desired).await,
+                None => None,
+            };
             let settled = match &config.desired {
+                Some(_) if waiting.is_some() => {
+                    // Nothing is acted on; the volumes are shown as last seen.
+                    let volumes = last_status
+                        .as_ref()
+                        .map(|s| s.volumes.clone())
+                        .unwrap_or_default();
+                    publish(&opts, &config, volumes, waiting, &mut last_status);
+                    wake_at = Some(Instant::now() + PREFLIGHT_RECHECK);
+                    false
+                }
                 Some(desired) => match engine.pass(desired).await {
                     Ok(pass) => {
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
-                        publish(&opts, &config, status.volumes, &mut last_status);
+                        publish(&opts, &config, status.volumes, None, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
                         let every = if following { FOLLOW_UP_POLL } else { opts.poll };
@@ -161,7 +194,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     }
                 },
                 None => {
-                    publish(&opts, &config, Vec::new(), &mut last_status);
+                    publish(&opts, &config, Vec::new(), None, &mut last_status);
                     true
                 }
             };
@@ -248,29 +281,39 @@ struct Config {
 }
 
 impl Config {
-    fn load(path: &Path) -> Config {
+    /// The file at start. One that would detach most attached volumes by leaving them out is
+    /// not put in force: the daemon touches nothing until the file changes.
+    fn load(path: &Path, owned: &Owned) -> Config {
+        let refused = |error: String| Config {
+            desired: None,
+            state: ConfigState {
+                path: path.to_path_buf(),
+                ok: false,
+                error: Some(error),
+            },
+        };
         match desired::load(path) {
-            Ok(d) => {
-                info!(path = %path.display(), volumes = d.volumes.len(), "configuration loaded");
-                Config {
-                    desired: Some(d),
-                    state: ConfigState {
-                        path: path.to_path_buf(),
-                        ok: true,
-                        error: None,
-                    },
+            Ok(d) => match mass_detach::check(&d, owned) {
+                Some(m) => {
+                    let e = mass_detach_error(&m);
+                    error!(error = %e, "configuration refused at start; no volume is touched until it changes");
+                    refused(e)
                 }
-            }
+                None => {
+                    info!(path = %path.display(), volumes = d.volumes.len(), "configuration loaded");
+                    Config {
+                        desired: Some(d),
+                        state: ConfigState {
+                            path: path.to_path_buf(),
+                            ok: true,
+                            error: None,
+                        },
+                    }
+                }
+            },
             Err(e) => {
                 error!(error = %e, "configuration rejected; no volume is touched until it is fixed");
-                Config {
-                    desired: None,
-                    state: ConfigState {
-                        path: path.to_path_buf(),
-                        ok: false,
-                        error: Some(e.to_string()),
-                    },
-                }
+                refused(e.to_string())
             }
         }
     }
@@ -281,24 +324,15 @@ impl Config {
 fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: &mut Engine<H>) {
     notify(&[NotifyState::Reloading]);
     match desired::load(&opts.config) {
-        Ok(new) => {
-            let diff = match &config.desired {
-                Some(old) => Diff::between(old, &new),
-                None => Diff {
-                    added: new.volumes.iter().map(|v| v.name.to_string()).collect(),
-                    ..Diff::default()
-                },
-            };
-            if diff.is_empty() {
-                info!("configuration reloaded; no volume changed");
-            } else {
-                info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "configuration reloaded");
+        Ok(new) => match mass_detach::check(&new, engine.owned()) {
+            Some(refused) => {
+                let e = mass_detach_error(&refused);
+                error!(error = %e, "configuration refused; keeping the last good one, nothing is detached");
+                config.state.ok = false;
+                config.state.error = Some(e);
             }
-            engine.reset_volumes(&diff.touched());
-            config.desired = Some(new);
-            config.state.ok = true;
-            config.state.error = None;
-        }
+            None => accept(config, new, engine),
+        },
         Err(e) => {
             error!(error = %e, "configuration rejected; keeping the last good one, nothing is detached");
             config.state.ok = false;
@@ -308,24 +342,58 @@ fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: 
     notify(&[NotifyState::Ready]);
 }
 
+/// The daemon's wording of a tripped mass-detach guard: `--allow-mass-detach` is for `apply`,
+/// which does not run beside the daemon.
+fn mass_detach_error(refused: &MassDetach) -> String {
+    format!(
+        "{refused}; the configuration in force stays. If that is what you want, mark them \
+         state = \"absent\" in the file (or remove them a few at a time)"
+    )
+}
+
+/// Puts a new file in force.
+fn accept<H: Host + 'static>(config: &mut Config, new: Desired, engine: &mut Engine<H>) {
+    let diff = match &config.desired {
+        Some(old) => Diff::between(old, &new),
+        None => Diff {
+            added: new.volumes.iter().map(|v| v.name.to_string()).collect(),
+            ..Diff::default()
+        },
+    };
+    if diff.is_empty() {
+        info!("configuration reloaded; no volume changed");
+    } else {
+        info!(added = ?diff.added, removed = ?diff.removed, changed = ?diff.changed, "configuration reloaded");
+    }
+    engine.reset_volumes(&diff.touched());
+    config.desired = Some(new);
+    config.state.ok = true;
+    config.state.error = None;
+}
+
 fn publish(
     opts: &DaemonOptions,
     config: &Config,
     volumes: Vec<VolumeStatus>,
+    waiting: Option<String>,
     last: &mut Option<DaemonStatus>,
 ) {
     let status = DaemonStatus {
         volumes,
         config: config.state.clone(),
+        waiting,
     };
     if last.as_ref() == Some(&status) {
         return;
     }
     let summary = summarize(&status.volumes);
-    let line = match &status.config.error {
+    let mut line = match &status.config.error {
         None => format!("{summary}; config ok"),
         Some(e) => format!("{summary}; config REJECTED, last good one in force: {e}"),
     };
+    if let Some(w) = &status.waiting {
+        line = format!("{w}; {line}");
+    }
     notify(&[NotifyState::Status(&line)]);
     info!(status = %line, "status");
     let path = opts.runtime_dir.join(STATUS_FILE);
@@ -338,6 +406,37 @@ fn publish(
         Err(e) => warn!(error = %e, "cannot encode the status"),
     }
     *last = Some(status);
+}
+
+/// The daemon's preflight: checked before a pass acts, again on every pass while something is
+/// missing, at most every [`PREFLIGHT_FRESH`] while all is there; logged when what is missing
+/// changes, never per pass.
+#[derive(Debug, Default)]
+struct Preflight {
+    missing: Vec<Missing>,
+    ok_at: Option<Instant>,
+}
+
+impl Preflight {
+    /// `Some("waiting: ...")` while something acting needs is missing.
+    async fn check<H: Host>(&mut self, host: &H, desired: &Desired) -> Option<String> {
+        let fresh = self.ok_at.is_some_and(|t| t.elapsed() < PREFLIGHT_FRESH);
+        if self.missing.is_empty() && fresh {
+            return None;
+        }
+        let missing = host.preflight(desired).await.err().unwrap_or_default();
+        self.ok_at = missing.is_empty().then(Instant::now);
+        if missing != self.missing {
+            if missing.is_empty() {
+                info!("everything acting needs is there again; acting");
+            } else {
+                warn!(missing = %preflight::describe(&missing), "waiting; nothing is acted on until it is there");
+            }
+            self.missing = missing;
+        }
+        (!self.missing.is_empty())
+            .then(|| format!("waiting: {}", preflight::describe(&self.missing)))
+    }
 }
 
 fn next_wake(waiting: bool, poll: Duration, release: Option<Instant>) -> Option<Instant> {
@@ -394,20 +493,244 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
-    match try_lock(path) {
-        Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(DaemonError::Locked(path.to_path_buf())),
-        Err(source) => Err(DaemonError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+/// Takes the planner lock `apply` takes too, waiting while an `apply` started before the daemon
+/// finishes (its own lifetime lock already keeps new ones out). `None`: stopped while waiting.
+async fn planner_lock(
+    opts: &DaemonOptions,
+    watchdog: Option<Duration>,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<Option<HeldLock>, DaemonError> {
+    let mut told = false;
+    loop {
+        if let Some(held) = lock::try_planner_for_daemon(&opts.state_dir, &opts.config)? {
+            if told {
+                info!("the other planner finished; starting");
+            }
+            return Ok(Some(held));
+        }
+        if !told {
+            told = true;
+            let holder = lock::planner_holder(&opts.state_dir);
+            let line = format!("waiting: {holder} holds the planner lock");
+            warn!(%holder, "another lunkeeper is planning; waiting for it to finish");
+            notify(&[NotifyState::Status(&line)]);
+        }
+        if watchdog.is_some() {
+            notify(&[NotifyState::Watchdog]);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PLANNER_LOCK_RETRY) => {}
+            _ = sigterm.recv() => return Ok(None),
+            _ = sigint.recv() => return Ok(None),
+        }
     }
 }
 
 /// Whether a daemon holds the lock in `runtime_dir`, i.e. its status file is live.
 pub fn daemon_running(runtime_dir: &Path) -> bool {
-    let path = runtime_dir.join(LOCK_FILE);
-    // Only probe an existing lock file: `status` must not create files in the runtime dir.
-    path.exists() && matches!(try_lock(&path), Ok(None))
+    lock::daemon_running(runtime_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::sim::SimHost;
+    use crate::apply::{apply, ApplyOptions, NoWake};
+    use crate::plan::Action;
+    use crate::testkit::*;
+
+    fn toml(volumes: &[(&str, u32, &str)]) -> String {
+        volumes
+            .iter()
+            .map(|(name, lun, state)| {
+                format!(
+                    "[[volume]]\nname = \"{name}\"\ntarget = \"{TARGET_A}\"\n\
+                     portals = [\"{P1}\", \"{P2}\"]\nlun = {lun}\nstate = \"{state}\"\n\n"
+                )
+            })
+            .collect()
+    }
+
+    fn retry() -> RetryPolicy {
+        ApplyOptions::default().retry
+    }
+
+    /// Three volumes attached by lunkeeper, recorded in `state`.
+    async fn three_attached(sim: &Rc<SimHost>, state: &Path, file: &Path) -> Desired {
+        std::fs::write(
+            file,
+            toml(&[
+                ("db0", 0, "present"),
+                ("db1", 1, "present"),
+                ("big", 300, "present"),
+            ]),
+        )
+        .unwrap();
+        let d = desired::load(file).unwrap();
+        let store = OwnedStore::new(state);
+        let local = tokio::task::LocalSet::new();
+        let r = local
+            .run_until(apply(
+                Rc::clone(sim),
+                &d,
+                &store,
+                &ApplyOptions::default(),
+                &mut NoWake,
+            ))
+            .await
+            .unwrap();
+        assert!(r.converged, "{:?}", r.volumes);
+        d
+    }
+
+    fn detached(sim: &SimHost) -> bool {
+        sim.lock().log.iter().any(|a| {
+            matches!(
+                a,
+                Action::Logout { .. } | Action::DeleteDevice { .. } | Action::FlushMap { .. }
+            )
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_drops_most_volumes_keeps_the_previous_configuration() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let (state, file) = (dir.path().join("state"), dir.path().join("volumes.toml"));
+        let old = three_attached(&sim, &state, &file).await;
+        let opts = DaemonOptions::new(file.clone(), state.clone(), dir.path().join("run"));
+        let mut engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let mut config = Config::load(&file, engine.owned());
+        assert!(config.state.ok);
+
+        std::fs::write(&file, toml(&[("db0", 0, "present")])).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert_eq!(
+            config.desired.as_ref(),
+            Some(&old),
+            "the old file stays in force"
+        );
+        assert!(!config.state.ok);
+        let e = config.state.error.clone().unwrap_or_default();
+        assert!(e.contains("2 of 3"), "{e}");
+        assert!(e.contains("state = \"absent\""), "{e}");
+        // The published status line carries it (STATUS= and status.json).
+        let mut last = None;
+        publish(&opts, &config, Vec::new(), None, &mut last);
+        let published = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        assert!(published.contains("2 of 3"), "{published}");
+
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let desired = config.desired.clone().unwrap();
+                engine.pass(&desired).await.unwrap();
+                while engine.finish_one().await.unwrap() {}
+            })
+            .await;
+        assert!(!detached(&sim), "{:?}", sim.lock().log);
+
+        // Said explicitly, the same change is put in force.
+        std::fs::write(
+            &file,
+            toml(&[
+                ("db0", 0, "present"),
+                ("db1", 1, "absent"),
+                ("big", 300, "absent"),
+            ]),
+        )
+        .unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert!(config.state.ok, "{:?}", config.state.error);
+        assert_eq!(config.desired.as_ref().map(|d| d.volumes.len()), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_started_on_a_file_that_drops_most_volumes_touches_nothing() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let (state, file) = (dir.path().join("state"), dir.path().join("volumes.toml"));
+        three_attached(&sim, &state, &file).await;
+        std::fs::write(&file, toml(&[("big", 300, "present")])).unwrap();
+        let engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let config = Config::load(&file, engine.owned());
+        assert!(config.desired.is_none(), "nothing is put in force");
+        let e = config.state.error.unwrap_or_default();
+        assert!(e.contains("2 of 3") && e.contains("db0, db1"), "{e}");
+    }
+
+    /// The config directory gone (an unmount, a botched deploy): the reload it causes fails
+    /// and the last good configuration stays in force; when it is back, it is read again.
+    #[tokio::test(start_paused = true)]
+    async fn a_config_directory_that_disappears_keeps_the_last_good_configuration() {
+        let sim = Rc::new(network());
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let (state, file) = (dir.path().join("state"), etc.join("volumes.toml"));
+        let old = three_attached(&sim, &state, &file).await;
+        let opts = DaemonOptions::new(file.clone(), state.clone(), dir.path().join("run"));
+        let mut engine = Engine::new(Rc::clone(&sim), OwnedStore::new(&state), retry()).unwrap();
+        let mut config = Config::load(&file, engine.owned());
+        std::fs::remove_dir_all(&etc).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert_eq!(config.desired.as_ref(), Some(&old));
+        assert!(!config.state.ok);
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(&file, toml(&[("db0", 0, "present"), ("db1", 1, "present")])).unwrap();
+        reload(&opts, &mut config, &mut engine);
+        assert!(config.state.ok, "{:?}", config.state.error);
+        assert_eq!(config.desired.map(|d| d.volumes.len()), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn preflight_waits_rechecks_while_missing_and_is_cached_while_ok() {
+        let sim = network();
+        sim.lock().missing = vec![Missing::Iscsid];
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        let mut gate = Preflight::default();
+        let w = gate.check(&sim, &d).await.expect("waiting");
+        assert_eq!(
+            w,
+            "waiting: iscsid is not running (run `systemctl start iscsid`)"
+        );
+        assert!(gate.check(&sim, &d).await.is_some());
+        assert_eq!(
+            sim.lock().preflights,
+            2,
+            "checked again on every pass while missing"
+        );
+        sim.lock().missing.clear();
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert_eq!(
+            sim.lock().preflights,
+            3,
+            "not re-checked on every pass while ok"
+        );
+        tokio::time::advance(PREFLIGHT_FRESH).await;
+        sim.lock().missing = vec![Missing::Udevd];
+        assert!(gate
+            .check(&sim, &d)
+            .await
+            .is_some_and(|w| w.contains("udevd")));
+    }
+
+    #[test]
+    fn waiting_is_published_in_status_and_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DaemonOptions::new(
+            dir.path().join("volumes.toml"),
+            dir.path().join("state"),
+            dir.path().join("run"),
+        );
+        let config = Config::load(&opts.config, &Owned::default());
+        let mut last = None;
+        let w = "waiting: iscsid is not running (run `systemctl start iscsid`)".to_string();
+        publish(&opts, &config, Vec::new(), Some(w.clone()), &mut last);
+        let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        let status: DaemonStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(status.waiting, Some(w));
+    }
 }

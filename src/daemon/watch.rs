@@ -18,11 +18,12 @@ use futures::StreamExt;
 use inotify::{EventMask, EventOwned, EventStream, Inotify, WatchDescriptor, WatchMask};
 use tokio::time::Instant;
 
-/// How often and how far apart a lost directory watch is re-added before giving up. Tools that
-/// replace the directory (rm + mkdir, or a rename swap) recreate it within milliseconds; two
-/// seconds covers a slow one without leaving the daemon deaf for long.
-const REWATCH_ATTEMPTS: u32 = 20;
-const REWATCH_DELAY: Duration = Duration::from_millis(100);
+/// How soon a lost directory watch is re-added, doubling up to the cap for as long as the
+/// directory stays away. Tools that replace the directory (rm + mkdir, or a rename swap)
+/// recreate it within milliseconds; one unmounted or deleted by hand may come back after
+/// minutes, and the daemon keeps the configuration in force meanwhile rather than exit.
+const REWATCH_FIRST: Duration = Duration::from_millis(100);
+const REWATCH_CAP: Duration = Duration::from_secs(5);
 
 /// Large enough for many events per read; one event needs at most 16 + NAME_MAX + 1 bytes.
 const EVENT_BUFFER: usize = 4096;
@@ -41,16 +42,6 @@ pub enum WatchError {
     #[error("{}: cannot watch directory: {source}", .dir.display())]
     Watch {
         dir: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "{}: directory went away and could not be watched again after {attempts} attempts: {source}",
-        .dir.display()
-    )]
-    Lost {
-        dir: PathBuf,
-        attempts: u32,
         #[source]
         source: io::Error,
     },
@@ -78,6 +69,17 @@ pub struct ConfigWatcher {
     /// in `changed`'s future so that a cancelled `changed` (e.g. losing a `select!`) does not
     /// lose the change: the next call picks the window up where it was.
     quiet_until: Option<Instant>,
+    /// Set while the directory cannot be watched; kept in `self` for the same reason as
+    /// `quiet_until`, so a cancelled wait neither restarts the backoff nor logs again.
+    lost: Option<Lost>,
+}
+
+/// The directory is away: when to try watching it again, and the delay after that.
+#[derive(Debug)]
+struct Lost {
+    retry_at: Instant,
+    delay: Duration,
+    attempts: u32,
 }
 
 /// What one event means for the watcher.
@@ -124,6 +126,7 @@ impl ConfigWatcher {
             stream,
             wd: None,
             quiet_until: None,
+            lost: None,
         };
         let wd = watcher.add_watch().map_err(|source| WatchError::Watch {
             dir: watcher.dir.clone(),
@@ -140,12 +143,31 @@ impl ConfigWatcher {
     /// Spurious wake-ups happen (the caller re-reads and diffs); missed changes do not: the
     /// watch is in place before this returns, so anything after the caller's re-read is
     /// reported by the next call. Cancel-safe.
+    ///
+    /// A directory that goes away is reported once (the caller re-reads, fails, and keeps the
+    /// configuration in force), then watched for with backoff until it is back, which is
+    /// reported again; it never ends the watcher.
     pub async fn changed(&mut self) -> Result<(), WatchError> {
         loop {
             if self.wd.is_none() {
-                self.rewatch().await?;
-                // Whatever happened while the directory was unwatched is unknown.
-                self.mark_changed();
+                if let Some(deadline) = self.quiet_until {
+                    if Instant::now() >= deadline {
+                        self.quiet_until = None;
+                        return Ok(());
+                    }
+                }
+                if self.rewatch() {
+                    // Whatever happened while the directory was unwatched is unknown.
+                    self.mark_changed();
+                    continue;
+                }
+                let retry_at = self.lost.as_ref().map_or_else(Instant::now, |l| l.retry_at);
+                let wake = match self.quiet_until {
+                    Some(q) => q.min(retry_at),
+                    None => retry_at,
+                };
+                tokio::time::sleep_until(wake).await;
+                continue;
             }
             let event = match self.quiet_until {
                 None => self.next_event().await?,
@@ -182,27 +204,42 @@ impl ConfigWatcher {
         self.stream.watches().add(&self.dir, mask)
     }
 
-    async fn rewatch(&mut self) -> Result<(), WatchError> {
-        let mut attempt = 1;
-        loop {
-            match self.add_watch() {
-                Ok(wd) => {
-                    tracing::info!(dir = %self.dir.display(), attempt, "watching config directory again");
-                    self.wd = Some(wd);
-                    return Ok(());
+    /// Tries to watch the directory again if a retry is due; true once it is watched. Logs
+    /// the loss once and the return once, whatever the number of attempts in between.
+    fn rewatch(&mut self) -> bool {
+        let now = Instant::now();
+        if self.lost.as_ref().is_some_and(|l| now < l.retry_at) {
+            return false;
+        }
+        match self.add_watch() {
+            Ok(wd) => {
+                if let Some(lost) = self.lost.take() {
+                    tracing::info!(dir = %self.dir.display(), attempts = lost.attempts, "config directory is back; watching it again");
                 }
-                Err(source) if attempt >= REWATCH_ATTEMPTS => {
-                    return Err(WatchError::Lost {
-                        dir: self.dir.clone(),
-                        attempts: attempt,
-                        source,
-                    });
+                self.wd = Some(wd);
+                true
+            }
+            Err(error) => {
+                match self.lost.as_mut() {
+                    None => {
+                        tracing::warn!(
+                            dir = %self.dir.display(), %error,
+                            "config directory is gone; the configuration in force stays, watching for it to come back"
+                        );
+                        self.lost = Some(Lost {
+                            retry_at: now + REWATCH_FIRST,
+                            delay: REWATCH_FIRST,
+                            attempts: 1,
+                        });
+                    }
+                    Some(lost) => {
+                        tracing::debug!(dir = %self.dir.display(), attempts = lost.attempts, %error, "config directory not back yet");
+                        lost.attempts += 1;
+                        lost.delay = (lost.delay * 2).min(REWATCH_CAP);
+                        lost.retry_at = now + lost.delay;
+                    }
                 }
-                Err(err) => {
-                    tracing::debug!(dir = %self.dir.display(), attempt, %err, "config directory not back yet");
-                    attempt += 1;
-                    tokio::time::sleep(REWATCH_DELAY).await;
-                }
+                false
             }
         }
     }
@@ -525,17 +562,55 @@ mod tests {
         assert_resolves(&mut w).await;
     }
 
+    /// Gone for longer than any tool takes to replace it: reported once, then quiet (no error,
+    /// no busy loop), then noticed when it comes back, and watched as before.
     #[tokio::test]
-    async fn directory_gone_for_good_is_an_error() {
+    async fn directory_gone_for_a_while_is_watched_again_when_it_returns() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("lunkeeper");
+        fs::create_dir(&dir).expect("mkdir");
+        let file = dir.join("volumes.toml");
+        let mut w = ConfigWatcher::new(&file, DEBOUNCE).expect("new");
+        fs::remove_dir(&dir).expect("rm dir");
+        assert_resolves(&mut w).await;
+        // Several backoff rounds pass, with many cancelled waits as in the daemon's select!.
+        for _ in 0..10 {
+            assert_quiet(&mut w).await;
+        }
+        let attempts = w.lost.as_ref().map(|l| l.attempts).unwrap_or(0);
+        assert!(
+            (3..=12).contains(&attempts),
+            "{attempts} attempts in 3 s: cancelled waits must not restart the backoff"
+        );
+        fs::create_dir(&dir).expect("mkdir again");
+        fs::write(&file, "a = 2\n").expect("write");
+        assert_resolves(&mut w).await;
+        assert!(w.lost.is_none());
+        assert_quiet(&mut w).await;
+        fs::write(&file, "a = 3\n").expect("write again");
+        assert_resolves(&mut w).await;
+    }
+
+    /// The backoff doubles up to its cap: a directory away for an hour costs a look every
+    /// few seconds, not ten per second.
+    #[tokio::test(start_paused = true)]
+    async fn rewatch_backs_off_to_the_cap() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("lunkeeper");
         fs::create_dir(&dir).expect("mkdir");
         let mut w = ConfigWatcher::new(&dir.join("volumes.toml"), DEBOUNCE).expect("new");
         fs::remove_dir(&dir).expect("rm dir");
-        let r = timeout(RESOLVES, w.changed())
+        // Paused time: the reported loss, then an hour of virtual time.
+        timeout(RESOLVES, w.changed())
             .await
-            .expect("gave up in time");
-        assert!(matches!(r, Err(WatchError::Lost { .. })), "{r:?}");
+            .expect("reported")
+            .expect("ok");
+        let r = timeout(Duration::from_secs(3600), w.changed()).await;
+        assert!(r.is_err(), "{r:?}");
+        let lost = w.lost.as_ref().expect("still lost");
+        assert_eq!(lost.delay, REWATCH_CAP);
+        let at_most = 3600 / REWATCH_CAP.as_secs() as u32 + 10;
+        assert!(lost.attempts <= at_most, "{} attempts", lost.attempts);
     }
 
     /// A `changed()` cancelled after it saw an event must not lose that event.

@@ -8,6 +8,7 @@
 mod action;
 mod attach;
 mod detach;
+pub mod mass_detach;
 pub mod ownership;
 mod verdict;
 
