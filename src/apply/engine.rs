@@ -256,7 +256,15 @@ impl<H: Host + 'static> Engine<H> {
             for volume in &done.users {
                 self.errors
                     .insert(volume.clone(), format!("{action}: {error}"));
-                if error.is_permanent() {
+                // A volume that was ever usable (or was found attached) is never given up on:
+                // its failing step is retried with backoff like a transient one, so a CHAP
+                // change on the array that is put right heals without a command.
+                let was_usable = self
+                    .owned
+                    .volumes
+                    .get(volume)
+                    .is_some_and(|r| r.attached || r.adopted);
+                if error.is_permanent() && !was_usable {
                     self.memory.failed.insert(volume.clone());
                 }
             }
