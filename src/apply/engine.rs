@@ -34,6 +34,13 @@ impl Pass {
     }
 }
 
+/// How a session looked: healthy now (logged in, every device running), and ever.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    now: bool,
+    ever: bool,
+}
+
 struct LaneDone {
     lane: Lane,
     done: Vec<(Action, Outcome)>,
@@ -56,7 +63,7 @@ pub struct Engine<H: Host + 'static> {
     memory: Memory,
     /// Whether each session (by id) was healthy at the last look: logged in with every device
     /// running. One that turns healthy again has recovered.
-    healthy: HashMap<u32, bool>,
+    healthy: HashMap<u32, Health>,
     running: BTreeSet<Subject>,
     tasks: JoinSet<LaneDone>,
     /// Every action done, in order: kept for `apply`, which reports them; the daemon runs for
@@ -128,20 +135,24 @@ impl<H: Host + 'static> Engine<H> {
         self.holds = Holds::default();
     }
 
-    /// Sessions that turned healthy again since the last look: their devices' identity is read
-    /// again before it is trusted.
+    /// Sessions that turned healthy again since the last look, after having been healthy
+    /// before (a login in progress is not a recovery): their devices' identity is read again
+    /// before it is trusted.
     fn note_recoveries(&mut self, observed: &Observed) {
         let mut now = HashMap::new();
         for s in &observed.sessions {
             let healthy =
                 s.state == SessionState::LoggedIn && s.devices.iter().all(|d| d.is_running());
-            if healthy && self.healthy.get(&s.id) == Some(&false) {
+            let before = self.healthy.get(&s.id).copied();
+            let recovered = healthy && before.is_some_and(|b| b.ever && !b.now);
+            if recovered {
                 info!(session = s.id, target = %s.target, "session recovered; re-reading its devices' identity");
                 self.memory
                     .recovered
                     .extend(s.devices.iter().map(|d| d.hctl));
             }
-            now.insert(s.id, healthy);
+            let ever = healthy || before.is_some_and(|b| b.ever);
+            now.insert(s.id, Health { now: healthy, ever });
         }
         self.healthy = now;
     }
