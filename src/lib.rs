@@ -13,7 +13,9 @@ pub mod lock;
 pub mod observe;
 pub mod owned;
 pub mod plan;
+pub mod plural;
 pub mod status;
+pub mod stdout;
 pub mod validate;
 
 #[cfg(test)]
