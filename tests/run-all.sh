@@ -17,6 +17,9 @@ else
   cargo test
 fi
 
+echo "== the Debian package (build, lintian, contents)"
+bash tests/pkg.sh
+
 echo "== VM scenarios (real kernel: LIO target, open-iscsi, multipathd, udev)"
 cargo build
 # The VMs use a copy, so rebuilding while they run cannot change the binary under them.
