@@ -21,17 +21,10 @@ const SAN_A: &str = "san-a.test";
 
 fn opts() -> ApplyOptions {
     ApplyOptions {
-        timeout: Duration::from_secs(5),
-        poll: Duration::from_millis(1),
-        retry: RetryPolicy {
-            first: Duration::from_millis(1),
-            cap: Duration::from_millis(50),
-            settle: Duration::from_millis(100),
-            grace: Duration::from_millis(20),
-        },
         // The guard is tested on its own; here random files may drop most volumes at once.
         allow_mass_detach: true,
         preflight_wait: Duration::ZERO,
+        ..super::tests::opts()
     }
 }
 
@@ -219,6 +212,15 @@ impl World {
     }
 }
 
+/// A runtime on virtual time: the simulated host answers at once, so waits cost nothing.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
 fn four_by_two() -> Desired {
     desired(vec![
         volume("v0", TARGET_A, &[P1, P2], 0),
@@ -249,12 +251,7 @@ async fn steps(from: Option<&Desired>, to: &Desired) -> usize {
 }
 
 fn crash_after_each_step(from: Option<Desired>, to: Desired) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    paused_runtime().block_on(async {
         let total = steps(from.as_ref(), &to).await;
         prop_assert!(total >= 10, "only {total} steps");
         for k in 1..=total {
@@ -400,12 +397,7 @@ proptest! {
     fn i1_to_i5_a_change_met_by_faults_never_detaches_and_converges_afterwards(
         (first, second) in arb_change(), faults in arb_faults()
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        paused_runtime().block_on(async {
             let w = World::new();
             let (a, b) = (to_desired(&first), to_desired(&second));
             let r = w.apply(&a).await;

@@ -219,7 +219,8 @@ mod tests {
     use crate::act::sim::SimHost;
     use crate::testkit::*;
 
-    fn opts() -> ApplyOptions {
+    /// Quick retries and short holds, for the simulated host.
+    pub(super) fn opts() -> ApplyOptions {
         ApplyOptions {
             timeout: Duration::from_secs(5),
             poll: Duration::from_millis(1),

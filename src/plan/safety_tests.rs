@@ -1,6 +1,7 @@
 //! The safety invariants (README, "Safety"), case by case against the simulated host. The
 //! randomized versions, with injected failures and crashes, are in `apply::fault_tests`.
 
+use super::tests::{converge, key};
 use super::*;
 use crate::act::sim::{SimHost, SimTarget};
 use crate::owned::Owned;
@@ -8,10 +9,6 @@ use crate::testkit::*;
 
 const SAN_A: &str = "san-a.test";
 const TARGET_C: &str = "iqn.2026-11.test.lunkeeper:c";
-
-fn key(target: &str, portal: &str) -> SessionKey {
-    SessionKey::new(target, addr(portal))
-}
 
 fn kinds(plan: &Plan) -> Vec<&'static str> {
     plan.actions().map(Action::kind).collect()
@@ -77,10 +74,6 @@ fn converge_checking(
         }
     }
     panic!("did not converge in 30 rounds");
-}
-
-fn converge(sim: &SimHost, desired: &Desired, owned: &mut Owned) {
-    converge_checking(sim, desired, owned, &|_, _| {});
 }
 
 const DB_WWID: &str = "36001405aaaa000000000000000000000";

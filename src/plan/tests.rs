@@ -5,7 +5,7 @@ use crate::observe::{DevNum, Observed};
 use crate::owned::{Owned, OwnedVolume};
 use crate::testkit::*;
 
-fn key(target: &str, portal: &str) -> SessionKey {
+pub(super) fn key(target: &str, portal: &str) -> SessionKey {
     SessionKey {
         target: target.to_string(),
         portal: addr(portal),
@@ -18,7 +18,7 @@ fn actions(plan: &Plan) -> Vec<String> {
 
 /// Runs planned rounds against the simulation until nothing is left to do, keeping ownership
 /// as `apply` does. Returns the ownership records and the number of rounds.
-fn converge(sim: &SimHost, desired: &Desired, owned: &mut Owned) -> usize {
+pub(super) fn converge(sim: &SimHost, desired: &Desired, owned: &mut Owned) -> usize {
     for round in 1..=20 {
         let observed = sim.snapshot();
         let plan = plan(desired, &observed, owned);
