@@ -79,10 +79,16 @@ enum Command {
         #[arg(long)]
         allow_mass_detach: bool,
     },
-    /// Show how each volume stands (from the daemon while it runs).
+    /// Show how each volume stands (from the daemon while it runs). Exits 0 when every volume
+    /// is as the file wants it, 1 when one is not (or the daemon rejected the file), 3 when
+    /// the status cannot be read.
     Status {
+        /// Print the document of docs/status-schema.md instead of the table.
         #[arg(long)]
         json: bool,
+        /// Print each reason whole instead of one short line.
+        #[arg(long)]
+        wide: bool,
     },
     /// Run as a daemon: keep the host converged, reacting to udev events and config edits.
     Run,
@@ -106,13 +112,20 @@ fn main() -> ExitCode {
     if let Command::Run = cli.command {
         return run_daemon(&cli);
     }
-    if let Command::Status { json } = cli.command {
+    if let Command::Status { json, wide } = cli.command {
         if lunkeeper::daemon::daemon_running(&cli.runtime_dir) {
-            return daemon_status(&cli.runtime_dir, json);
+            return daemon_status(&cli.runtime_dir, json, wide);
         }
     }
     let desired = match desired::load(&cli.config) {
         Ok(d) => d,
+        Err(desired::ConfigError::Read { path, error })
+            if matches!(cli.command, Command::Status { .. })
+                && error.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            eprintln!("lunkeeper: {}: {error}; {NEEDS_ROOT}", path.display());
+            return ExitCode::from(CANNOT_RUN);
+        }
         Err(e) => {
             eprintln!("lunkeeper: invalid configuration: {e}");
             return ExitCode::from(BAD_CONFIG);
@@ -176,15 +189,22 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             let owned = store.load()?;
             let plan = plan::plan(desired, &observed, &owned);
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                let versioned = lunkeeper::status::Versioned::new(&plan);
+                println!("{}", serde_json::to_string_pretty(&versioned)?);
             } else {
                 print_plan(&plan);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
-            let observed = host.observe(desired).await?;
-            let owned = store.load()?;
+        Command::Status { json, wide } => {
+            let (observed, owned) = match observe_for_status(host.as_ref(), desired, &store).await {
+                Ok(seen) => seen,
+                Err(e) if permission_denied(&e) => {
+                    eprintln!("lunkeeper: {e}; {NEEDS_ROOT}");
+                    return Ok(ExitCode::from(CANNOT_RUN));
+                }
+                Err(e) => return Err(e),
+            };
             let plan = plan::plan(desired, &observed, &owned);
             let results = plan
                 .volumes
@@ -198,8 +218,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     (name, r)
                 })
                 .collect();
-            print_status(&Status::build(desired, &observed, &results), json)?;
-            Ok(ExitCode::SUCCESS)
+            let status = Status::build(desired, &observed, &results);
+            print_status(&status, json, wide)?;
+            Ok(status_code(status.as_wanted()))
         }
         Command::Apply {
             timeout,
@@ -249,7 +270,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     println!("note: {note}");
                 }
             }
-            print_status(&status, json)?;
+            print_status(&status, json, false)?;
             if report.converged {
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -292,11 +313,52 @@ fn run_daemon(cli: &Cli) -> ExitCode {
     }
 }
 
+/// What a user who may not read the host's state is told (the daemon's status.json is
+/// world-readable; sysfs, /etc/lunkeeper and /var/lib/lunkeeper may not be).
+const NEEDS_ROOT: &str = "without the daemon running, `lunkeeper status` reads the host's \
+     state itself and needs root (run it as root, or start the daemon with `systemctl start \
+     lunkeeper`: any user can read its status)";
+
+/// Exit code of `status`: 0 when every volume is as the file wants it, 1 otherwise.
+fn status_code(as_wanted: bool) -> ExitCode {
+    if as_wanted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_CONVERGED)
+    }
+}
+
+/// What `status` reads when no daemon runs: the host and the ownership records.
+async fn observe_for_status(
+    host: &RealHost,
+    desired: &Desired,
+    store: &OwnedStore,
+) -> anyhow::Result<(lunkeeper::observe::Observed, lunkeeper::owned::Owned)> {
+    let observed = host.observe(desired).await?;
+    let owned = store.load()?;
+    Ok((observed, owned))
+}
+
+/// Whether an error comes from a file this user may not read.
+fn permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
 /// The daemon's own view, so `status` agrees with it (including a rejected config).
-fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
+fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
     let path = runtime_dir.join(lunkeeper::daemon::STATUS_FILE);
     let status: DaemonStatus = match std::fs::read(&path)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "{e}; it is written mode 0644 in a 0755 directory, so check the modes of {} \
+                 and of the file",
+                runtime_dir.display()
+            ),
+            _ => e.to_string(),
+        })
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(s) => s,
@@ -308,6 +370,7 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
             return ExitCode::from(CANNOT_RUN);
         }
     };
+    let code = status_code(status.config.ok && lunkeeper::status::all_as_wanted(&status.volumes));
     if json {
         match serde_json::to_string_pretty(&status) {
             Ok(s) => println!("{s}"),
@@ -316,7 +379,7 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
                 return ExitCode::from(CANNOT_RUN);
             }
         }
-        return ExitCode::SUCCESS;
+        return code;
     }
     if let Some(e) = &status.config.error {
         println!("config REJECTED (the last good one is in force): {e}");
@@ -326,11 +389,13 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
     }
     match print_status(
         &Status {
+            schema: status.schema,
             volumes: status.volumes,
         },
         false,
+        wide,
     ) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => code,
         Err(e) => {
             eprintln!("lunkeeper: {e}");
             ExitCode::from(CANNOT_RUN)
@@ -375,32 +440,12 @@ fn print_plan(plan: &plan::Plan) {
     }
 }
 
-fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
+fn print_status(status: &Status, json: bool, wide: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
-    for v in &status.volumes {
-        let device = v.device.as_deref().unwrap_or("-");
-        print!("{:<20} {:<9} {device}", v.name, v.state);
-        if let Some(r) = &v.reason {
-            print!("  ({r})");
-        }
-        println!();
-        for p in &v.paths {
-            let session = p
-                .session
-                .map(|s| format!("session{s}"))
-                .unwrap_or_else(|| "-".into());
-            println!(
-                "    {:<28} {:<10} {:<6} {}",
-                p.portal,
-                session,
-                p.device.as_deref().unwrap_or("-"),
-                p.state
-            );
-        }
-    }
+    print!("{}", lunkeeper::status::render(&status.volumes, wide));
     println!("{}", status.summary());
     Ok(())
 }

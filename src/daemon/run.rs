@@ -75,9 +75,14 @@ pub enum DaemonError {
 }
 
 /// What the daemon publishes in `status.json`: the status of every volume and whether the
-/// configuration it runs is the file's current content.
+/// configuration it runs is the file's current content. Mode 0644 in a 0755 directory: any
+/// user may read it (`lunkeeper status` as non-root), so it carries no secret; reasons and
+/// errors are the same text the journal gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
+    /// [`crate::status::SCHEMA`]; absent in files of lunkeeper before it was versioned.
+    #[serde(default = "crate::status::schema")]
+    pub schema: u32,
     pub volumes: Vec<VolumeStatus>,
     pub config: ConfigState,
     /// Set while something acting needs is missing ("waiting: iscsid is not running (run
@@ -379,6 +384,7 @@ fn publish(
     last: &mut Option<DaemonStatus>,
 ) {
     let status = DaemonStatus {
+        schema: crate::status::SCHEMA,
         volumes,
         config: config.state.clone(),
         waiting,
