@@ -9,6 +9,7 @@ pub mod apply;
 pub mod daemon;
 pub mod desired;
 pub mod files;
+pub mod journal;
 pub mod lock;
 pub mod observe;
 pub mod owned;

@@ -96,18 +96,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Apply { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.command);
 
     if let Command::Run = cli.command {
         return run_daemon(&cli);
@@ -401,6 +390,37 @@ fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
             ExitCode::from(CANNOT_RUN)
         }
     }
+}
+
+/// Logging: every change to the host at info, which is the default for `apply` and the daemon
+/// (`status`, `plan` and `validate` print their answer and log only warnings). Under systemd
+/// (stderr is the journal, see `journal::stderr_is_journal`) entries go to journald with native
+/// fields (VOLUME, TARGET, PORTAL, WWID, ACTION, RESULT, ...); otherwise readable text on stderr.
+fn init_logging(command: &Command) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default_level = if matches!(command, Command::Apply { .. } | Command::Run) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if lunkeeper::journal::stderr_is_journal() {
+        let socket = Path::new(lunkeeper::journal::JOURNAL_SOCKET);
+        if let Ok(sink) = lunkeeper::journal::Socket::connect(socket) {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(lunkeeper::journal::JournalLayer::new(sink))
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// One thread: lanes are local tasks; observations go to tokio's blocking pool, and calls that
