@@ -11,6 +11,7 @@ pub mod desired;
 pub mod files;
 pub mod journal;
 pub mod lock;
+pub mod metrics;
 pub mod observe;
 pub mod owned;
 pub mod plan;

@@ -20,6 +20,7 @@ use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
 use crate::files::write_atomic;
 use crate::lock::{self, HeldLock, LockError};
+use crate::metrics::{MetricsWriter, Snapshot};
 use crate::owned::{Owned, OwnedStore};
 use crate::plan::mass_detach::{self, MassDetach};
 use crate::status::{summarize, Status, VolumeStatus};
@@ -162,6 +163,8 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut wake_at: Option<Instant> = None;
     let mut last_status: Option<DaemonStatus> = None;
     let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+    let mut metrics = MetricsWriter::default();
+    let mut telemetry = Telemetry::default();
 
     loop {
         if dirty {
@@ -183,6 +186,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 }
                 Some(desired) => match engine.pass(desired).await {
                     Ok(pass) => {
+                        telemetry.last_pass = Some(std::time::SystemTime::now());
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
                         publish(&opts, &config, status.volumes, None, &mut last_status);
@@ -203,6 +207,19 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     true
                 }
             };
+            let snapshot = Snapshot {
+                volumes: last_status
+                    .as_ref()
+                    .map(|s| s.volumes.clone())
+                    .unwrap_or_default(),
+                actions: engine.action_stats().clone(),
+                config_ok: config.state.ok,
+                reloads_accepted: telemetry.reloads_accepted,
+                reloads_rejected: telemetry.reloads_rejected,
+                last_reload: telemetry.last_reload,
+                last_pass: telemetry.last_pass,
+            };
+            metrics.update(metrics_file(&config).as_deref(), &snapshot);
             if !ready_sent && (settled || started.elapsed() >= opts.ready_deadline) {
                 ready_sent = true;
                 notify(&[NotifyState::Ready]);
@@ -217,12 +234,12 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             }
             changed = watcher.changed() => {
                 changed?;
-                reload(&opts, &mut config, &mut engine);
+                telemetry.reloaded(reload(&opts, &mut config, &mut engine));
                 resync = resync_timer(config.desired.as_ref());
                 dirty = true;
             }
             _ = sighup.recv() => {
-                reload(&opts, &mut config, &mut engine);
+                telemetry.reloaded(reload(&opts, &mut config, &mut engine));
                 resync = resync_timer(config.desired.as_ref());
                 dirty = true;
             }
@@ -279,6 +296,34 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     Ok(())
 }
 
+/// What the metrics count besides the engine's actions.
+#[derive(Debug, Default)]
+struct Telemetry {
+    reloads_accepted: u64,
+    reloads_rejected: u64,
+    last_reload: Option<std::time::SystemTime>,
+    last_pass: Option<std::time::SystemTime>,
+}
+
+impl Telemetry {
+    fn reloaded(&mut self, accepted: bool) {
+        if accepted {
+            self.reloads_accepted += 1;
+        } else {
+            self.reloads_rejected += 1;
+        }
+        self.last_reload = Some(std::time::SystemTime::now());
+    }
+}
+
+/// The metrics file of the configuration in force (the default one before any is).
+fn metrics_file(config: &Config) -> Option<PathBuf> {
+    match &config.desired {
+        Some(d) => d.daemon.metrics_file.clone(),
+        None => desired::DaemonSettings::default().metrics_file,
+    }
+}
+
 /// The configuration in force, and whether the file's current content was accepted.
 struct Config {
     desired: Option<Desired>,
@@ -326,25 +371,36 @@ impl Config {
 
 /// Validates the new file and diffs it against the one in force. A file that does not load
 /// changes nothing: the last good configuration stays, and the error is logged and published.
-fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: &mut Engine<H>) {
+/// Returns whether the file was put in force.
+fn reload<H: Host + 'static>(
+    opts: &DaemonOptions,
+    config: &mut Config,
+    engine: &mut Engine<H>,
+) -> bool {
     notify(&[NotifyState::Reloading]);
-    match desired::load(&opts.config) {
+    let accepted = match desired::load(&opts.config) {
         Ok(new) => match mass_detach::check(&new, engine.owned()) {
             Some(refused) => {
                 let e = mass_detach_error(&refused);
                 error!(error = %e, "configuration refused; keeping the last good one, nothing is detached");
                 config.state.ok = false;
                 config.state.error = Some(e);
+                false
             }
-            None => accept(config, new, engine),
+            None => {
+                accept(config, new, engine);
+                true
+            }
         },
         Err(e) => {
             error!(error = %e, "configuration rejected; keeping the last good one, nothing is detached");
             config.state.ok = false;
             config.state.error = Some(e.to_string());
+            false
         }
-    }
+    };
     notify(&[NotifyState::Ready]);
+    accepted
 }
 
 /// The daemon's wording of a tripped mass-detach guard: `--allow-mass-detach` is for `apply`,
@@ -611,7 +667,10 @@ mod tests {
         assert!(config.state.ok);
 
         std::fs::write(&file, toml(&[("db0", 0, "present")])).unwrap();
-        reload(&opts, &mut config, &mut engine);
+        assert!(
+            !reload(&opts, &mut config, &mut engine),
+            "counted as rejected"
+        );
         assert_eq!(
             config.desired.as_ref(),
             Some(&old),
@@ -647,7 +706,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        reload(&opts, &mut config, &mut engine);
+        assert!(
+            reload(&opts, &mut config, &mut engine),
+            "counted as accepted"
+        );
         assert!(config.state.ok, "{:?}", config.state.error);
         assert_eq!(config.desired.as_ref().map(|d| d.volumes.len()), Some(3));
     }
