@@ -8,6 +8,7 @@ pub mod act;
 pub mod apply;
 pub mod daemon;
 pub mod desired;
+pub mod doctor;
 pub mod files;
 pub mod journal;
 pub mod lock;

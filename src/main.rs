@@ -92,6 +92,10 @@ enum Command {
     },
     /// Run as a daemon: keep the host converged, reacting to udev events and config edits.
     Run,
+    /// Check the host: kernel modules, iscsid, multipathd and find_multipaths, udevd, the
+    /// initiator name, the udev rule, node records that log in at boot, the unit. Prints the
+    /// command that fixes each problem; exits 0 when there is none, 1 otherwise.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +104,9 @@ fn main() -> ExitCode {
 
     if let Command::Run = cli.command {
         return run_daemon(&cli);
+    }
+    if let Command::Doctor = cli.command {
+        return doctor(&cli);
     }
     if let Command::Status { json, wide } = cli.command {
         if lunkeeper::daemon::daemon_running(&cli.runtime_dir) {
@@ -172,7 +179,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
     }));
     let store = OwnedStore::new(&cli.state_dir);
     match cli.command {
-        Command::Validate | Command::Run => Ok(ExitCode::SUCCESS),
+        Command::Validate | Command::Run | Command::Doctor => Ok(ExitCode::SUCCESS),
         Command::Plan { json } => {
             let observed = host.observe(desired).await?;
             let owned = store.load()?;
@@ -299,6 +306,58 @@ fn run_daemon(cli: &Cli) -> ExitCode {
             eprintln!("lunkeeper: {e}");
             ExitCode::from(CANNOT_RUN)
         }
+    }
+}
+
+/// `lunkeeper doctor`: every finding, with the fix of each problem; exit 1 on any problem.
+/// An unreadable or invalid file is a problem too, and the checks that need it are skipped.
+fn doctor(cli: &Cli) -> ExitCode {
+    use lunkeeper::doctor::{self, DoctorConfig, Finding, Severity, Wants};
+    let (wants, config_finding) = match desired::load(&cli.config) {
+        Ok(d) => (
+            Some(Wants::of(&d)),
+            Finding {
+                severity: Severity::Ok,
+                what: format!("{}: {} volumes", cli.config.display(), d.volumes.len()),
+                fix: None,
+            },
+        ),
+        Err(e) => (
+            None,
+            Finding {
+                severity: Severity::Problem,
+                what: format!("{e}; the checks of managed targets are skipped"),
+                fix: Some(format!(
+                    "lunkeeper validate --config {}",
+                    cli.config.display()
+                )),
+            },
+        ),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let cfg = DoctorConfig {
+        root: cli.root.clone(),
+        ..DoctorConfig::default()
+    };
+    let mut findings = vec![config_finding];
+    findings.extend(runtime.block_on(doctor::run(&cfg, wants.as_ref())));
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+    for f in &findings {
+        println!("{f}");
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Problem)
+        .count();
+    if problems == 0 {
+        println!("no problem found");
+        ExitCode::SUCCESS
+    } else {
+        println!("{problems} problem(s) found");
+        ExitCode::from(NOT_CONVERGED)
     }
 }
 
