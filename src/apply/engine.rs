@@ -338,7 +338,7 @@ async fn run_lane<H: Host>(host: Rc<H>, lane: Lane, users: Vec<String>) -> LaneD
         for action in &lane.actions {
             let step = tracing::info_span!(
                 "step",
-                action = action.kind(),
+                action = %action.kind(),
                 wwid = tracing::field::Empty
             );
             if let Some(w) = wwid_of(action) {
@@ -356,16 +356,16 @@ async fn run_lane<H: Host>(host: Rc<H>, lane: Lane, users: Vec<String>) -> LaneD
                     };
                     // Every change to the host at info; bookkeeping and no-ops below it.
                     if result == ActionResult::Changed && !action.is_bookkeeping() {
-                        info!(result = result.as_str(), ms = took.as_millis() as u64, "{action}");
+                        info!(result = %result, ms = took.as_millis() as u64, "{action}");
                     } else {
-                        debug!(result = result.as_str(), ms = took.as_millis() as u64, "{action}");
+                        debug!(result = %result, ms = took.as_millis() as u64, "{action}");
                     }
                     timings.push((action.kind(), result, took));
                     done.push((action.clone(), outcome));
                 }
                 Err(error) => {
                     let result = ActionResult::Failed;
-                    warn!(result = result.as_str(), ms = took.as_millis() as u64, error = %error, "{action}");
+                    warn!(result = %result, ms = took.as_millis() as u64, error = %error, "{action}");
                     timings.push((action.kind(), result, took));
                     let failed = Some((action.clone(), error));
                     return LaneDone {

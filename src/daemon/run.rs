@@ -448,6 +448,7 @@ fn publish(
     if last.as_ref() == Some(&status) {
         return;
     }
+    log_state_changes(last.as_ref().map(|l| l.volumes.as_slice()), &status.volumes);
     let summary = summarize(&status.volumes);
     let mut line = match &status.config.error {
         None => format!("{summary}; config ok"),
@@ -468,6 +469,25 @@ fn publish(
         Err(e) => warn!(error = %e, "cannot encode the status"),
     }
     *last = Some(status);
+}
+
+/// Each volume whose state changed, one entry with its VOLUME (a volume's history in the
+/// journal shows it turning degraded and ready again, not only lunkeeper's own actions).
+fn log_state_changes(before: Option<&[VolumeStatus]>, now: &[VolumeStatus]) {
+    for v in now {
+        let was = before.and_then(|b| b.iter().find(|o| o.name == v.name));
+        let previous = was.map_or("unknown", |o| o.state.as_str());
+        if previous == v.state {
+            continue;
+        }
+        let reason = v.reason.as_deref().unwrap_or("");
+        match v.state.as_str() {
+            "ready" | "absent" | "pending" => {
+                info!(volume = %v.name, state = %v.state, previous, reason, "volume {}", v.state)
+            }
+            _ => warn!(volume = %v.name, state = %v.state, previous, reason, "volume {}", v.state),
+        }
+    }
 }
 
 /// The daemon's preflight: checked before a pass acts, again on every pass while something is
@@ -800,5 +820,41 @@ mod tests {
         let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
         let status: DaemonStatus = serde_json::from_str(&text).unwrap();
         assert_eq!(status.waiting, Some(w));
+    }
+
+    #[test]
+    fn a_volume_s_state_changes_are_logged_under_its_name() {
+        use crate::journal::{Captured, JournalLayer};
+        use tracing_subscriber::layer::SubscriberExt;
+        let v = |state: &str| VolumeStatus {
+            name: "db".into(),
+            state: state.into(),
+            stable_name: None,
+            size_bytes: None,
+            device: None,
+            wwid: None,
+            paths: vec![],
+            reason: (state != "ready").then(|| "1 of 2 paths down".to_string()),
+        };
+        let sink = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(JournalLayer::new(sink.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            log_state_changes(None, &[v("ready")]);
+            log_state_changes(Some(&[v("ready")]), &[v("ready")]);
+            log_state_changes(Some(&[v("ready")]), &[v("degraded")]);
+        });
+        let entries = sink.entries();
+        assert_eq!(entries.len(), 2, "an unchanged state is not logged again");
+        let degraded = &entries[1];
+        let get = |n: &str| {
+            degraded
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("VOLUME"), Some("db"));
+        assert_eq!(get("STATE"), Some("degraded"));
+        assert_eq!(get("PREVIOUS"), Some("ready"));
+        assert_eq!(get("PRIORITY"), Some("4"));
     }
 }
