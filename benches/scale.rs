@@ -26,6 +26,9 @@
 //! `LUNKEEPER_BENCH_SIZES=10000` picks the sizes (increasing; for profiling one of them). The
 //! trees go to `/dev/shm` (tmpfs, in memory as sysfs is), or where `TMPDIR` says when it is set.
 
+// A benchmark report for a person at a terminal: a failed stdout may panic here.
+#![allow(clippy::disallowed_macros)]
+
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;

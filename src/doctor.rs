@@ -147,7 +147,7 @@ pub async fn run(cfg: &DoctorConfig, wants: Option<&Wants>) -> Vec<Finding> {
             "look in the kernel log (`journalctl -k`) for a hung file system or device",
         )],
     };
-    if wants.map_or(true, |w| w.multipath) {
+    if !matches!(wants, Some(w) if !w.multipath) {
         findings.push(find_multipaths(cfg, wants).await);
     }
     findings.extend(unit_state(cfg).await);
@@ -157,7 +157,7 @@ pub async fn run(cfg: &DoctorConfig, wants: Option<&Wants>) -> Vec<Finding> {
 /// The checks that only read files. Blocking.
 pub fn file_checks(root: &Path, wants: Option<&Wants>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let multipath = wants.map_or(true, |w| w.multipath);
+    let multipath = !matches!(wants, Some(w) if !w.multipath);
     out.push(if preflight::transport_available(root) {
         Finding::ok("kernel module iscsi_tcp is loaded or loadable")
     } else {

@@ -16,7 +16,9 @@ pub mod metrics;
 pub mod observe;
 pub mod owned;
 pub mod plan;
+pub mod plural;
 pub mod status;
+pub mod stdout;
 pub mod validate;
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ pub enum LockError {
     DaemonRunning { lock: PathBuf, holder: Holder },
     #[error("{holder} holds {}: one lunkeeper plans at a time; try again when it has finished", .lock.display())]
     Busy { lock: PathBuf, holder: Holder },
-    #[error("{}: cannot take the lock: {source}", .path.display())]
+    #[error("{}: cannot take the lock", .path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lunkeeper::act::{Host, RealHost, RealHostConfig};
 use lunkeeper::apply::{self, ApplyOptions, VolumeResult};
 use lunkeeper::daemon::udev::UdevMonitor;
@@ -14,12 +14,29 @@ use lunkeeper::daemon::{DaemonOptions, DaemonStatus};
 use lunkeeper::desired::{self, Desired};
 use lunkeeper::owned::OwnedStore;
 use lunkeeper::plan;
+use lunkeeper::plural::count;
 use lunkeeper::status::Status;
+use lunkeeper::{out, outln};
 
-/// Exit codes: 0 done (or converged), 1 not converged, 2 invalid configuration, 3 could not run.
+/// Exit codes: 0 done (or converged), 1 not converged, 2 invalid configuration, 3 could not run,
+/// 64 usage error, 74 stdout unwritable. Documented in README.md and lunkeeper(8): [`EXIT_CODES`].
 const NOT_CONVERGED: u8 = 1;
 const BAD_CONFIG: u8 = 2;
 const CANNOT_RUN: u8 = 3;
+/// sysexits' EX_USAGE: kept apart from BAD_CONFIG so a script can tell a typo in its own
+/// command line from a broken desired-state file.
+const USAGE: u8 = 64;
+const STDOUT_FAILED: u8 = lunkeeper::stdout::IO_ERROR;
+
+/// Every exit code and its meaning, for the man page.
+const EXIT_CODES: &[(u8, &str)] = &[
+    (0, "Done: the file is valid (validate), the plan was shown (plan), every volume is where the file says (apply, status), the host has no problem (doctor)."),
+    (NOT_CONVERGED, "apply: not every volume reached the state the file asks for within the timeout, or the mass-detach guard refused the change. status: some volume is not as the file wants it (not ready, or not yet gone), or the daemon rejected the file's current content. doctor: a problem was found."),
+    (BAD_CONFIG, "The desired-state file is invalid or unreadable; nothing was changed."),
+    (CANNOT_RUN, "lunkeeper could not run: another lunkeeper plans on this host, the host could not be read (status as a non-root user without the daemon running), or an action failed outright."),
+    (USAGE, "Usage error: an unknown subcommand or option, or a bad option value."),
+    (STDOUT_FAILED, "The output could not be written (for example a full disk behind a redirection). A reader that closes the pipe early is not an error."),
+];
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +81,7 @@ enum Command {
     Validate,
     /// Show what the next pass would do, without doing it.
     Plan {
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -72,6 +90,7 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Print the resulting status as JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Detach volumes left out of the file even when they are most of those attached
@@ -83,7 +102,7 @@ enum Command {
     /// is as the file wants it, 1 when one is not (or the daemon rejected the file), 3 when
     /// the status cannot be read.
     Status {
-        /// Print the document of docs/status-schema.md instead of the table.
+        /// Print the status as JSON (docs/status-schema.md) instead of the table.
         #[arg(long)]
         json: bool,
         /// Print each reason whole instead of one short line.
@@ -96,17 +115,78 @@ enum Command {
     /// initiator name, the udev rule, node records that log in at boot, the unit. Prints the
     /// command that fixes each problem; exits 0 when there is none, 1 otherwise.
     Doctor,
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages lunkeeper(8) and lunkeeper-SUBCOMMAND(8) into a directory (for
+    /// packaging).
+    #[command(hide = true)]
+    Man {
+        /// The directory to write them into; it must exist.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let code = run_command(&cli);
+    match lunkeeper::stdout::finish() {
+        None => code,
+        Some(message) => {
+            eprintln!("lunkeeper: {message}");
+            ExitCode::from(STDOUT_FAILED)
+        }
+    }
+}
+
+/// `--help` and `--version` are not errors; everything else clap refuses is a usage error.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let code = if e.use_stderr() { USAGE } else { 0 };
+    match e.print() {
+        Ok(()) => ExitCode::from(code),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("lunkeeper: cannot write to stdout: {error}");
+            ExitCode::from(STDOUT_FAILED)
+        }
+    }
+}
+
+fn run_command(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "lunkeeper", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "lunkeeper: {}: cannot write the man pages: {e}",
+                        dir.display()
+                    );
+                    ExitCode::from(CANNOT_RUN)
+                }
+            };
+        }
+        _ => {}
+    }
     init_logging(&cli.command);
 
     if let Command::Run = cli.command {
-        return run_daemon(&cli);
+        return run_daemon(cli);
     }
     if let Command::Doctor = cli.command {
-        return doctor(&cli);
+        return doctor(cli);
     }
     if let Command::Status { json, wide } = cli.command {
         if lunkeeper::daemon::daemon_running(&cli.runtime_dir) {
@@ -143,11 +223,18 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(BAD_CONFIG);
         }
-        println!(
-            "{}: ok, {} volumes",
-            cli.config.display(),
-            desired.volumes.len()
-        );
+        if desired.volumes.is_empty() {
+            outln!(
+                "{}: ok, no volumes declared (volumes = \"none\"): nothing to manage yet",
+                cli.config.display()
+            );
+        } else {
+            outln!(
+                "{}: ok, {}",
+                cli.config.display(),
+                count(desired.volumes.len(), "volume")
+            );
+        }
         return ExitCode::SUCCESS;
     }
     let runtime = match runtime() {
@@ -155,7 +242,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let local = tokio::task::LocalSet::new();
-    let result = runtime.block_on(local.run_until(run(&cli, &desired)));
+    let result = runtime.block_on(local.run_until(run(cli, &desired)));
     drop(local);
     runtime.shutdown_timeout(SHUTDOWN_WAIT);
     match result {
@@ -179,14 +266,18 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
     }));
     let store = OwnedStore::new(&cli.state_dir);
     match cli.command {
-        Command::Validate | Command::Run | Command::Doctor => Ok(ExitCode::SUCCESS),
+        Command::Validate
+        | Command::Run
+        | Command::Doctor
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(ExitCode::SUCCESS),
         Command::Plan { json } => {
             let observed = host.observe(desired).await?;
             let owned = store.load()?;
             let plan = plan::plan(desired, &observed, &owned);
             if json {
                 let versioned = lunkeeper::status::Versioned::new(&plan);
-                println!("{}", serde_json::to_string_pretty(&versioned)?);
+                outln!("{}", serde_json::to_string_pretty(&versioned)?);
             } else {
                 print_plan(&plan);
             }
@@ -261,9 +352,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     .iter()
                     .filter(|e| e.changed && !e.action.is_bookkeeping())
                     .count();
-                println!("{} actions taken", changed);
+                outln!("{} taken", count(changed, "action"));
                 for note in &report.notes {
-                    println!("note: {note}");
+                    outln!("note: {note}");
                 }
             }
             print_status(&status, json, false)?;
@@ -346,17 +437,17 @@ fn doctor(cli: &Cli) -> ExitCode {
     findings.extend(runtime.block_on(doctor::run(&cfg, wants.as_ref())));
     runtime.shutdown_timeout(SHUTDOWN_WAIT);
     for f in &findings {
-        println!("{f}");
+        outln!("{f}");
     }
     let problems = findings
         .iter()
         .filter(|f| f.severity == Severity::Problem)
         .count();
     if problems == 0 {
-        println!("no problem found");
+        outln!("no problem found");
         ExitCode::SUCCESS
     } else {
-        println!("{problems} problem(s) found");
+        outln!("{} found", count(problems, "problem"));
         ExitCode::from(NOT_CONVERGED)
     }
 }
@@ -421,7 +512,7 @@ fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
     let code = status_code(status.config.ok && lunkeeper::status::all_as_wanted(&status.volumes));
     if json {
         match serde_json::to_string_pretty(&status) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("lunkeeper: {e}");
                 return ExitCode::from(CANNOT_RUN);
@@ -430,10 +521,10 @@ fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
         return code;
     }
     if let Some(e) = &status.config.error {
-        println!("config REJECTED (the last good one is in force): {e}");
+        outln!("config REJECTED (the last good one is in force): {e}");
     }
     if let Some(w) = &status.waiting {
-        println!("{w}");
+        outln!("{w}");
     }
     match print_status(
         &Status {
@@ -496,35 +587,143 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 fn print_plan(plan: &plan::Plan) {
     if plan.is_empty() {
-        println!("nothing to do");
+        outln!("nothing to do");
     }
     for lane in &plan.lanes {
         let subject = match &lane.subject {
             plan::Subject::Volume(v) => format!("volume {v}"),
             plan::Subject::Session(s) => format!("session {s}"),
         };
-        println!("{subject}:");
+        outln!("{subject}:");
         for a in &lane.actions {
-            println!("  - {a}");
+            outln!("  - {a}");
         }
     }
     for (name, verdict) in &plan.volumes {
         match verdict.reason() {
-            Some(r) => println!("{name}: {} ({r})", verdict.name()),
-            None => println!("{name}: {}", verdict.name()),
+            Some(r) => outln!("{name}: {} ({r})", verdict.name()),
+            None => outln!("{name}: {}", verdict.name()),
         }
     }
     for note in &plan.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
 }
 
 fn print_status(status: &Status, json: bool, wide: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(status)?);
+        outln!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
-    print!("{}", lunkeeper::status::render(&status.volumes, wide));
-    println!("{}", status.summary());
+    out!("{}", lunkeeper::status::render(&status.volumes, wide));
+    outln!("{}", status.summary());
     Ok(())
+}
+
+/// lunkeeper(8) with the sections clap cannot know (exit status, files, environment), and one
+/// page per visible subcommand, all in section 8 since lunkeeper administers the host.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let page = |cmd: clap::Command| {
+        clap_mangen::Man::new(cmd)
+            .section("8")
+            .manual("System Administration")
+    };
+    let main = page(cli.clone());
+    let mut text = Vec::new();
+    main.render_title(&mut text)?;
+    main.render_name_section(&mut text)?;
+    main.render_synopsis_section(&mut text)?;
+    main.render_description_section(&mut text)?;
+    main.render_options_section(&mut text)?;
+    main.render_subcommands_section(&mut text)?;
+    text.extend_from_slice(man_extra_sections(&cli).as_bytes());
+    main.render_version_section(&mut text)?;
+    std::fs::write(dir.join(main.get_filename()), text)?;
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let sub = sub
+            .clone()
+            .after_help("See lunkeeper(8) for exit codes and files.");
+        page(sub).generate_to(dir)?;
+    }
+    Ok(())
+}
+
+fn man_extra_sections(cli: &clap::Command) -> String {
+    let mut roff = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in EXIT_CODES {
+        roff.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", roff_escape(meaning)));
+    }
+    roff.push_str(
+        ".SH FILES\n\
+         .TP\n/etc/lunkeeper/volumes.toml\nThe desired-state file; see \\fBlunkeeper-volumes.toml\\fR(5).\n\
+         .TP\n/var/lib/lunkeeper\nWhat lunkeeper attached and therefore owns; removed on purge.\n\
+         .TP\n/run/lunkeeper\nThe daemon's status.json and lock.\n\
+         .TP\n/usr/share/doc/lunkeeper/examples/volumes.example.toml\nA commented example.\n\
+         .SH ENVIRONMENT\n",
+    );
+    for arg in cli.get_arguments() {
+        if let (Some(env), false) = (arg.get_env(), arg.is_hide_set()) {
+            roff.push_str(&format!(
+                ".TP\n\\fB{}\\fR\nThe same as \\fB\\-\\-{}\\fR.\n",
+                env.to_string_lossy(),
+                arg.get_long().unwrap_or_default()
+            ));
+        }
+    }
+    roff.push_str(
+        ".TP\n\\fBLUNKEEPER_LOG\\fR\nA tracing filter for the log on stderr \
+         (for example \\fBinfo\\fR or \\fBlunkeeper=debug\\fR).\n\
+         .SH \"SEE ALSO\"\n\\fBlunkeeper-volumes.toml\\fR(5), \\fBiscsiadm\\fR(8), \
+         \\fBmultipathd\\fR(8), \\fBsystemctl\\fR(1)\n",
+    );
+    roff
+}
+
+/// Text for a roff paragraph: a backslash or a leading dot or quote would be read as markup.
+fn roff_escape(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with(['.', '\'']) {
+        format!("\\&{text}")
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option and argument of every subcommand explains itself in --help.
+    #[test]
+    fn every_option_has_help() {
+        fn check(cmd: &clap::Command, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{} (subcommand)", sub.get_name()));
+                }
+                check(sub, missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        check(&cli, &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let mut codes: Vec<u8> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), EXIT_CODES.len());
+        assert_ne!(USAGE, BAD_CONFIG);
+    }
 }

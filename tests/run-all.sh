@@ -25,7 +25,7 @@ bin=$PWD/target/vm-bin/lunkeeper
 cp target/debug/lunkeeper "$bin"
 failed=0
 passed=0
-for scenario in tests/vm/smoke.sh tests/vm/core.sh tests/vm/daemon.sh; do
+for scenario in tests/vm/smoke.sh tests/vm/core.sh tests/vm/daemon.sh tests/vm/faults-daemon.sh; do
   name=$(basename "$scenario" .sh)
   if LUNKEEPER_BIN="$bin" LK_VM_NAME="$name" tests/vm/vm.sh "$scenario"; then
     passed=$((passed + 1))

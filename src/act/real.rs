@@ -96,6 +96,31 @@ impl RealHost {
         self.offload.stuck()
     }
 
+    /// Edits multipath's wwids file off the event loop: waiting for its lock, writing and
+    /// syncing it can all block.
+    async fn edit_wwids(
+        &self,
+        what: &str,
+        wwid: &crate::observe::Wwid,
+        add: bool,
+    ) -> Result<Outcome, ActError> {
+        let file = self.wwids();
+        let deadline = file.lock_timeout + self.config.file_timeout;
+        let object = file.path.to_string_lossy().into_owned();
+        let wwid = wwid.clone();
+        let edited = self
+            .offload
+            .run(what, Some(&object), deadline, move || {
+                if add {
+                    file.add(&wwid)
+                } else {
+                    file.remove(&wwid)
+                }
+            })
+            .await??;
+        Ok(changed(edited))
+    }
+
     fn wwids(&self) -> WwidsFile {
         WwidsFile {
             path: wwids_path(&self.config.root),
@@ -403,8 +428,10 @@ impl Host for RealHost {
                         .await?;
                 Ok(changed(wrote))
             }
-            Action::RegisterWwid { wwid } => Ok(changed(self.wwids().add(wwid).await?)),
-            Action::UnregisterWwid { wwid } => Ok(changed(self.wwids().remove(wwid).await?)),
+            Action::RegisterWwid { wwid } => self.edit_wwids("register a WWID", wwid, true).await,
+            Action::UnregisterWwid { wwid } => {
+                self.edit_wwids("unregister a WWID", wwid, false).await
+            }
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
             Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,

@@ -56,8 +56,8 @@ impl WwidsFile {
     }
 
     /// Adds `/<wwid>/` unless the file has it. Returns whether the file changed.
-    pub async fn add(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
-        let (mut file, text) = self.open_locked(true).await?;
+    pub fn add(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
+        let (mut file, text) = self.open_locked(true)?;
         if find_lines(&text, wwid).next().is_some() {
             return Ok(false);
         }
@@ -80,11 +80,11 @@ impl WwidsFile {
     }
 
     /// Comments out every `/<wwid>/` line in place. Returns whether the file changed.
-    pub async fn remove(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
+    pub fn remove(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
         if !self.path.exists() {
             return Ok(false);
         }
-        let (file, text) = self.open_locked(false).await?;
+        let (file, text) = self.open_locked(false)?;
         let io = |source| WwidsError::Io {
             path: self.path.clone(),
             source,
@@ -102,7 +102,7 @@ impl WwidsFile {
 
     /// Opens the file (creating it and its directory if asked), takes the write lock and reads
     /// the whole text. The lock lasts as long as the returned `File`.
-    async fn open_locked(&self, create: bool) -> Result<(File, String), WwidsError> {
+    fn open_locked(&self, create: bool) -> Result<(File, String), WwidsError> {
         let io = |source| WwidsError::Io {
             path: self.path.clone(),
             source,
@@ -119,15 +119,15 @@ impl WwidsFile {
             .mode(0o644)
             .open(&self.path)
             .map_err(io)?;
-        self.lock(&file).await?;
+        self.lock(&file)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         Ok((file, text))
     }
 
     /// A non-blocking attempt repeated until the deadline: a blocking F_SETLKW could wait
-    /// forever on a stuck multipath process.
-    async fn lock(&self, file: &File) -> Result<(), WwidsError> {
+    /// forever on a stuck multipath process. (Callers run this off the event loop.)
+    fn lock(&self, file: &File) -> Result<(), WwidsError> {
         let start = Instant::now();
         let lock = libc::flock {
             l_type: libc::F_WRLCK as libc::c_short,
@@ -153,7 +153,7 @@ impl WwidsFile {
                     waited: self.lock_timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -194,61 +194,61 @@ mod tests {
         (dir, f)
     }
 
-    #[tokio::test]
-    async fn add_creates_the_file_with_multipaths_header_and_is_idempotent() {
+    #[test]
+    fn add_creates_the_file_with_multipaths_header_and_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let f = WwidsFile::new(wwids_path(dir.path()));
         let w = wwid("36001405aaaa");
-        assert!(f.add(&w).await.unwrap());
-        assert!(!f.add(&w).await.unwrap());
+        assert!(f.add(&w).unwrap());
+        assert!(!f.add(&w).unwrap());
         let text = std::fs::read_to_string(&f.path).unwrap();
         assert!(text.starts_with("# Multipath wwids, Version : 1.0\n"));
         assert!(text.ends_with("# Valid WWIDs:\n/36001405aaaa/\n"));
         assert_eq!(text.matches("/36001405aaaa/").count(), 1);
     }
 
-    #[tokio::test]
-    async fn add_keeps_other_lines_and_ends_an_unterminated_last_line() {
+    #[test]
+    fn add_keeps_other_lines_and_ends_an_unterminated_last_line() {
         let (_dir, f) = existing("# hand\n/3600a/");
-        assert!(f.add(&wwid("3600b")).await.unwrap());
+        assert!(f.add(&wwid("3600b")).unwrap());
         assert_eq!(
             std::fs::read_to_string(&f.path).unwrap(),
             "# hand\n/3600a/\n/3600b/\n"
         );
     }
 
-    #[tokio::test]
-    async fn a_wwid_that_only_prefixes_another_is_not_taken_for_it() {
+    #[test]
+    fn a_wwid_that_only_prefixes_another_is_not_taken_for_it() {
         let (_dir, f) = existing("/3600abc/\n");
-        assert!(f.add(&wwid("3600ab")).await.unwrap());
-        assert!(!f.remove(&wwid("3600a")).await.unwrap());
+        assert!(f.add(&wwid("3600ab")).unwrap());
+        assert!(!f.remove(&wwid("3600a")).unwrap());
         assert_eq!(
             std::fs::read_to_string(&f.path).unwrap(),
             "/3600abc/\n/3600ab/\n"
         );
     }
 
-    #[tokio::test]
-    async fn remove_comments_the_line_out_in_place_like_multipath_w() {
+    #[test]
+    fn remove_comments_the_line_out_in_place_like_multipath_w() {
         let (_dir, f) = existing("# c\n/3600a/\n  /3600b/\n/3600c/\n");
-        assert!(f.remove(&wwid("3600b")).await.unwrap());
-        assert!(!f.remove(&wwid("3600b")).await.unwrap());
+        assert!(f.remove(&wwid("3600b")).unwrap());
+        assert!(!f.remove(&wwid("3600b")).unwrap());
         assert_eq!(
             std::fs::read_to_string(&f.path).unwrap(),
             "# c\n/3600a/\n  #3600b/\n/3600c/\n"
         );
     }
 
-    #[tokio::test]
-    async fn remove_without_a_file_changes_nothing() {
+    #[test]
+    fn remove_without_a_file_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let f = WwidsFile::new(wwids_path(dir.path()));
-        assert!(!f.remove(&wwid("3600a")).await.unwrap());
+        assert!(!f.remove(&wwid("3600a")).unwrap());
         assert!(!f.path.exists());
     }
 
-    #[tokio::test]
-    async fn a_lock_held_by_another_process_times_out_with_a_clear_error() {
+    #[test]
+    fn a_lock_held_by_another_process_times_out_with_a_clear_error() {
         use std::io::BufRead;
         let (_dir, mut f) = existing("");
         f.lock_timeout = Duration::from_millis(100);
@@ -270,11 +270,11 @@ mod tests {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "locked");
-        let err = f.add(&wwid("3600a")).await.unwrap_err();
+        let err = f.add(&wwid("3600a")).unwrap_err();
         holder.kill().unwrap();
         holder.wait().unwrap();
         assert!(matches!(err, WwidsError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("still locked"));
-        assert!(f.add(&wwid("3600a")).await.unwrap());
+        assert!(f.add(&wwid("3600a")).unwrap());
     }
 }

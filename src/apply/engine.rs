@@ -35,6 +35,13 @@ impl Pass {
     }
 }
 
+/// How a session looked: healthy now (logged in, every device running), and ever.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    now: bool,
+    ever: bool,
+}
+
 struct LaneDone {
     lane: Lane,
     done: Vec<(Action, Outcome)>,
@@ -59,7 +66,7 @@ pub struct Engine<H: Host + 'static> {
     memory: Memory,
     /// Whether each session (by id) was healthy at the last look: logged in with every device
     /// running. One that turns healthy again has recovered.
-    healthy: HashMap<u32, bool>,
+    healthy: HashMap<u32, Health>,
     running: BTreeSet<Subject>,
     tasks: JoinSet<LaneDone>,
     /// Every action done, in order: kept for `apply`, which reports them; the daemon runs for
@@ -139,20 +146,24 @@ impl<H: Host + 'static> Engine<H> {
         self.holds = Holds::default();
     }
 
-    /// Sessions that turned healthy again since the last look: their devices' identity is read
-    /// again before it is trusted.
+    /// Sessions that turned healthy again since the last look, after having been healthy
+    /// before (a login in progress is not a recovery): their devices' identity is read again
+    /// before it is trusted.
     fn note_recoveries(&mut self, observed: &Observed) {
         let mut now = HashMap::new();
         for s in &observed.sessions {
             let healthy =
                 s.state == SessionState::LoggedIn && s.devices.iter().all(|d| d.is_running());
-            if healthy && self.healthy.get(&s.id) == Some(&false) {
+            let before = self.healthy.get(&s.id).copied();
+            let recovered = healthy && before.is_some_and(|b| b.ever && !b.now);
+            if recovered {
                 info!(session = s.id, target = %s.target, "session recovered; re-reading its devices' identity");
                 self.memory
                     .recovered
                     .extend(s.devices.iter().map(|d| d.hctl));
             }
-            now.insert(s.id, healthy);
+            let ever = healthy || before.is_some_and(|b| b.ever);
+            now.insert(s.id, Health { now: healthy, ever });
         }
         self.healthy = now;
     }
@@ -270,7 +281,15 @@ impl<H: Host + 'static> Engine<H> {
             for volume in &done.users {
                 self.errors
                     .insert(volume.clone(), format!("{action}: {error}"));
-                if error.is_permanent() {
+                // A volume that was ever usable (or was found attached) is never given up on:
+                // its failing step is retried with backoff like a transient one, so a CHAP
+                // change on the array that is put right heals without a command.
+                let was_usable = self
+                    .owned
+                    .volumes
+                    .get(volume)
+                    .is_some_and(|r| r.attached || r.adopted);
+                if error.is_permanent() && !was_usable {
                     self.memory.failed.insert(volume.clone());
                 }
             }

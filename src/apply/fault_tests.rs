@@ -434,3 +434,43 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn i4_a_chap_change_on_the_array_never_detaches_a_volume_that_was_ready_and_heals() {
+    let w = World::new();
+    let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+    assert!(w.apply(&d).await.converged);
+    let wwid = w.store.load().unwrap().volumes["db"].wwid.clone().unwrap();
+    {
+        // The array now wants CHAP, and the session through P1 drops.
+        let mut s = w.sim.lock();
+        s.targets.get_mut(TARGET_A).unwrap().chap_user = Some("bob".into());
+        let gone = s
+            .observed
+            .sessions
+            .iter()
+            .position(|x| x.target == TARGET_A && x.portal == Some(addr(P1)))
+            .unwrap();
+        let session = s.observed.sessions.remove(gone);
+        for d in session.devices.iter().filter_map(|d| d.disk.as_ref()) {
+            for m in s.observed.maps.iter_mut() {
+                m.slaves.retain(|x| *x != d.name);
+            }
+        }
+        s.faults.watch_wwids.insert(wwid.clone());
+    }
+    let r = w.apply(&d).await;
+    let db = &r.volumes["db"];
+    assert!(!db.failed, "{db:?}");
+    assert!(matches!(db.verdict, Verdict::Degraded(_)), "{db:?}");
+    assert!(
+        db.error.as_deref().unwrap_or("").contains("authentication"),
+        "{db:?}"
+    );
+    assert!(w.sim.lock().faults.violations.is_empty());
+    assert_eq!(w.sim.snapshot().maps.len(), 1);
+    // Put right on the array: heals with no change of the file.
+    w.sim.lock().targets.get_mut(TARGET_A).unwrap().chap_user = None;
+    let r = w.apply(&d).await;
+    assert_eq!(r.volumes["db"].verdict, Verdict::Ready, "{:?}", r.volumes);
+}

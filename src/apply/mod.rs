@@ -419,6 +419,43 @@ mod tests {
             .collect()
     }
 
+    /// The packaged /etc/lunkeeper/volumes.toml (`volumes = "none"`): a fresh install logs in
+    /// nowhere and detaches nothing, not even sessions and maps something else set up.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_with_volumes_none_attaches_and_detaches_nothing() {
+        let sim = Rc::new(network());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let foreign = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+        assert!(
+            run(&sim, &foreign, &OwnedStore::new(elsewhere.path()))
+                .await
+                .converged
+        );
+        sim.lock().log.clear();
+        let before = sim.snapshot();
+
+        let none = crate::desired::parse(
+            std::path::Path::new("/etc/lunkeeper/volumes.toml"),
+            "volumes = \"none\"\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OwnedStore::new(dir.path());
+        let r = run(&sim, &none, &store).await;
+        assert!(r.converged);
+        assert!(r.volumes.is_empty());
+        assert!(detaches(&sim).is_empty(), "{:?}", detaches(&sim));
+        let log = sim.lock().log.clone();
+        assert!(
+            !log.iter().any(|a| matches!(a, Action::Login { .. })),
+            "{log:?}"
+        );
+        let after = sim.snapshot();
+        assert_eq!(after.sessions, before.sessions);
+        assert_eq!(after.maps, before.maps);
+        assert!(store.load().unwrap().volumes.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_file_that_drops_most_volumes_is_refused_whole() {
         let sim = Rc::new(network());

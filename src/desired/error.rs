@@ -68,7 +68,8 @@ pub enum ConfigError {
     /// An empty file must never be read as "detach everything".
     #[error(
         "{}: lists no volumes; refusing to treat an empty file as 'detach everything' — mark \
-         volumes state = \"absent\" to detach them",
+         volumes state = \"absent\" to detach them, or write volumes = \"none\" if this host has \
+         nothing to manage yet",
         path.display()
     )]
     NoVolumes { path: PathBuf },

@@ -28,6 +28,11 @@ const MAX_VOLUME_NAME_LEN: usize = 63;
 const MAX_HOST_NAME_LEN: usize = 253;
 const MAX_HOST_LABEL_LEN: usize = 63;
 
+/// The value of the top-level `volumes` key that declares "nothing to manage yet". A string
+/// rather than an empty list: a generator rendering an empty list writes `volume = []` or no
+/// `[[volume]]` at all, both of which stay errors, but never this word by accident.
+pub const NO_VOLUMES: &str = "none";
+
 /// A key whose value is a whole number of seconds.
 struct Seconds {
     name: &'static str,
@@ -91,6 +96,8 @@ impl serde::de::Visitor<'_> for IntegerVisitor {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// `volumes = "none"`: the file deliberately declares no volumes (see [`NO_VOLUMES`]).
+    volumes: Option<Spanned<String>>,
     defaults: Option<RawDefaults>,
     daemon: Option<RawDaemon>,
     volume: Option<Vec<RawVolume>>,
@@ -152,10 +159,40 @@ pub fn parse(source: &Path, text: &str) -> Result<Desired, ConfigError> {
     let defaults = file.defaults(raw.defaults.as_ref())?;
     let daemon = file.daemon(raw.daemon.as_ref())?;
     let raw_volumes = raw.volume.unwrap_or_default();
-    if raw_volumes.is_empty() {
-        return Err(ConfigError::NoVolumes {
-            path: source.to_path_buf(),
-        });
+    match &raw.volumes {
+        Some(word) if word.get_ref() != NO_VOLUMES => {
+            return Err(file.error_at(
+                word.span(),
+                "volumes",
+                format!(
+                    "the only value is \"{NO_VOLUMES}\" (this host has nothing to manage yet); \
+                     volumes are declared in [[volume]] tables"
+                ),
+            ));
+        }
+        Some(word) if !raw_volumes.is_empty() => {
+            return Err(file.error_at(
+                word.span(),
+                "volumes",
+                format!(
+                    "\"{NO_VOLUMES}\" contradicts the {} declared in this file",
+                    crate::plural::count(raw_volumes.len(), "[[volume]] table")
+                ),
+            ));
+        }
+        Some(_) => {
+            return Ok(Desired {
+                source: source.to_path_buf(),
+                daemon,
+                volumes: Vec::new(),
+            });
+        }
+        None if raw_volumes.is_empty() => {
+            return Err(ConfigError::NoVolumes {
+                path: source.to_path_buf(),
+            });
+        }
+        None => {}
     }
     let volumes = raw_volumes
         .iter()
@@ -255,7 +292,7 @@ impl File<'_> {
         Ok(Defaults {
             multipath: raw
                 .and_then(|d| d.multipath.as_ref())
-                .map_or(true, |m| *m.get_ref()),
+                .is_none_or(|m| *m.get_ref()),
             replacement_timeout: seconds(
                 raw.and_then(|d| d.replacement_timeout.as_ref()),
                 &REPLACEMENT_TIMEOUT,
@@ -1444,10 +1481,47 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
                 err.to_string(),
                 format!(
                     "{PATH}: lists no volumes; refusing to treat an empty file as 'detach everything' \
-                     — mark volumes state = \"absent\" to detach them"
+                     — mark volumes state = \"absent\" to detach them, or write volumes = \"none\" \
+                     if this host has nothing to manage yet"
                 )
             );
         }
+    }
+
+    #[test]
+    fn volumes_none_declares_nothing_to_manage() {
+        for text in [
+            "volumes = \"none\"\n",
+            "# not yet\nvolumes = \"none\"\n[daemon]\nresync_interval = 60\n",
+        ] {
+            let desired = parse_text(text).unwrap();
+            assert!(desired.volumes.is_empty());
+        }
+    }
+
+    #[test]
+    fn volumes_takes_only_none() {
+        for (text, needle) in [
+            ("volumes = \"nothing\"\n", "the only value is \"none\""),
+            ("volumes = \"\"\n", "the only value is \"none\""),
+            ("volumes = \"None\"\n", "the only value is \"none\""),
+        ] {
+            assert_refused(text, 1, 11, "volumes", needle);
+        }
+        let err = parse_text("volumes = []\n").unwrap_err();
+        assert!(err.to_string().contains("volumes"), "{err}");
+    }
+
+    #[test]
+    fn volumes_none_beside_a_volume_is_refused() {
+        let text = format!("volumes = \"none\"\n{}", one_volume(""));
+        assert_refused(
+            &text,
+            1,
+            11,
+            "volumes",
+            "contradicts the 1 [[volume]] table",
+        );
     }
 
     #[test]

@@ -311,7 +311,7 @@ lk_boot_stack --find-multipaths no
   brick=${dists[0]:-missing}
   brick=${brick##*/os_brick-}
   echo "os-brick ${brick%.dist-info}"
-  echo "lunkeeper $("$LK" --version 2>/dev/null || echo '?') ($LK)"
+  echo "$("$LK" --version 2>/dev/null || echo 'lunkeeper ?') ($(basename "$LK"))"
 } >"$OUT/versions.txt"
 lk_log "versions: $(tr '\n' ';' <"$OUT/versions.txt")"
 
