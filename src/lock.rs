@@ -149,10 +149,25 @@ fn holder(path: &Path) -> Holder {
 }
 
 /// Whether a daemon holds `<runtime_dir>/daemon.lock`. Only an existing file is probed, so
-/// asking creates nothing in the runtime directory.
+/// asking creates nothing in the runtime directory; it is opened read-only, so any user can
+/// ask (the daemon creates it 0644), and `lunkeeper status` as non-root finds the daemon.
 pub fn daemon_running(runtime_dir: &Path) -> bool {
-    let path = runtime_dir.join(DAEMON_LOCK);
-    path.exists() && matches!(try_lock(&path), Ok(None))
+    matches!(probe(&runtime_dir.join(DAEMON_LOCK)), Ok(true))
+}
+
+/// Whether someone holds an exclusive lock on `path`, asked through a read-only descriptor
+/// with a shared lock that is let go at once. A missing file is not held.
+fn probe(path: &Path) -> std::io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_released_on_drop) => Ok(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, e)) => Err(e.into()),
+    }
 }
 
 /// The lock `apply` takes: the planner lock, refused while a daemon runs.
@@ -295,6 +310,20 @@ mod tests {
         assert!(daemon_running(&run));
         let err = daemon(&run, config).unwrap_err();
         assert!(matches!(err, LockError::Busy { .. }), "{err:?}");
+    }
+
+    /// A user who may only read the lock file (status as non-root) still finds the daemon.
+    #[test]
+    fn a_read_only_lock_file_still_shows_the_daemon() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_t, _state, run) = dirs();
+        let d = daemon(&run, Path::new("/etc/lunkeeper/volumes.toml")).unwrap();
+        let path = run.join(DAEMON_LOCK);
+        // (As root the mode does not stop a write; the probe opens read-only either way.)
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(daemon_running(&run));
+        drop(d);
+        assert!(!daemon_running(&run), "the probe's own lock is gone");
     }
 
     #[test]

@@ -30,10 +30,10 @@ const STDOUT_FAILED: u8 = lunkeeper::stdout::IO_ERROR;
 
 /// Every exit code and its meaning, for the man page.
 const EXIT_CODES: &[(u8, &str)] = &[
-    (0, "Done: the file is valid (validate), the plan was shown (plan), every volume is where the file says (apply), the status was shown (status)."),
-    (NOT_CONVERGED, "apply: not every volume reached the state the file asks for within the timeout, or the mass-detach guard refused the change."),
+    (0, "Done: the file is valid (validate), the plan was shown (plan), every volume is where the file says (apply, status), the host has no problem (doctor)."),
+    (NOT_CONVERGED, "apply: not every volume reached the state the file asks for within the timeout, or the mass-detach guard refused the change. status: some volume is not as the file wants it (not ready, or not yet gone), or the daemon rejected the file's current content. doctor: a problem was found."),
     (BAD_CONFIG, "The desired-state file is invalid or unreadable; nothing was changed."),
-    (CANNOT_RUN, "lunkeeper could not run: another lunkeeper plans on this host, the host could not be read, or an action failed outright."),
+    (CANNOT_RUN, "lunkeeper could not run: another lunkeeper plans on this host, the host could not be read (status as a non-root user without the daemon running), or an action failed outright."),
     (USAGE, "Usage error: an unknown subcommand or option, or a bad option value."),
     (STDOUT_FAILED, "The output could not be written (for example a full disk behind a redirection). A reader that closes the pipe early is not an error."),
 ];
@@ -98,14 +98,23 @@ enum Command {
         #[arg(long)]
         allow_mass_detach: bool,
     },
-    /// Show how each volume stands (from the daemon while it runs).
+    /// Show how each volume stands (from the daemon while it runs). Exits 0 when every volume
+    /// is as the file wants it, 1 when one is not (or the daemon rejected the file), 3 when
+    /// the status cannot be read.
     Status {
-        /// Print the status as JSON.
+        /// Print the status as JSON (docs/status-schema.md) instead of the table.
         #[arg(long)]
         json: bool,
+        /// Print each reason whole instead of one short line.
+        #[arg(long)]
+        wide: bool,
     },
     /// Run as a daemon: keep the host converged, reacting to udev events and config edits.
     Run,
+    /// Check the host: kernel modules, iscsid, multipathd and find_multipaths, udevd, the
+    /// initiator name, the udev rule, node records that log in at boot, the unit. Prints the
+    /// command that fixes each problem; exits 0 when there is none, 1 otherwise.
+    Doctor,
     /// Print a shell completion script (for packaging).
     #[command(hide = true)]
     Completions {
@@ -171,29 +180,28 @@ fn run_command(cli: &Cli) -> ExitCode {
         }
         _ => {}
     }
-    let default_level = if matches!(cli.command, Command::Apply { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.command);
 
     if let Command::Run = cli.command {
         return run_daemon(cli);
     }
-    if let Command::Status { json } = cli.command {
+    if let Command::Doctor = cli.command {
+        return doctor(cli);
+    }
+    if let Command::Status { json, wide } = cli.command {
         if lunkeeper::daemon::daemon_running(&cli.runtime_dir) {
-            return daemon_status(&cli.runtime_dir, json);
+            return daemon_status(&cli.runtime_dir, json, wide);
         }
     }
     let desired = match desired::load(&cli.config) {
         Ok(d) => d,
+        Err(desired::ConfigError::Read { path, error })
+            if matches!(cli.command, Command::Status { .. })
+                && error.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            eprintln!("lunkeeper: {}: {error}; {NEEDS_ROOT}", path.display());
+            return ExitCode::from(CANNOT_RUN);
+        }
         Err(e) => {
             eprintln!("lunkeeper: invalid configuration: {e}");
             return ExitCode::from(BAD_CONFIG);
@@ -258,23 +266,32 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
     }));
     let store = OwnedStore::new(&cli.state_dir);
     match cli.command {
-        Command::Validate | Command::Run | Command::Completions { .. } | Command::Man { .. } => {
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Validate
+        | Command::Run
+        | Command::Doctor
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(ExitCode::SUCCESS),
         Command::Plan { json } => {
             let observed = host.observe(desired).await?;
             let owned = store.load()?;
             let plan = plan::plan(desired, &observed, &owned);
             if json {
-                outln!("{}", serde_json::to_string_pretty(&plan)?);
+                let versioned = lunkeeper::status::Versioned::new(&plan);
+                outln!("{}", serde_json::to_string_pretty(&versioned)?);
             } else {
                 print_plan(&plan);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
-            let observed = host.observe(desired).await?;
-            let owned = store.load()?;
+        Command::Status { json, wide } => {
+            let (observed, owned) = match observe_for_status(host.as_ref(), desired, &store).await {
+                Ok(seen) => seen,
+                Err(e) if permission_denied(&e) => {
+                    eprintln!("lunkeeper: {e}; {NEEDS_ROOT}");
+                    return Ok(ExitCode::from(CANNOT_RUN));
+                }
+                Err(e) => return Err(e),
+            };
             let plan = plan::plan(desired, &observed, &owned);
             let results = plan
                 .volumes
@@ -288,8 +305,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     (name, r)
                 })
                 .collect();
-            print_status(&Status::build(desired, &observed, &results), json)?;
-            Ok(ExitCode::SUCCESS)
+            let status = Status::build(desired, &observed, &results);
+            print_status(&status, json, wide)?;
+            Ok(status_code(status.as_wanted()))
         }
         Command::Apply {
             timeout,
@@ -339,7 +357,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     outln!("note: {note}");
                 }
             }
-            print_status(&status, json)?;
+            print_status(&status, json, false)?;
             if report.converged {
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -382,11 +400,104 @@ fn run_daemon(cli: &Cli) -> ExitCode {
     }
 }
 
+/// `lunkeeper doctor`: every finding, with the fix of each problem; exit 1 on any problem.
+/// An unreadable or invalid file is a problem too, and the checks that need it are skipped.
+fn doctor(cli: &Cli) -> ExitCode {
+    use lunkeeper::doctor::{self, DoctorConfig, Finding, Severity, Wants};
+    let (wants, config_finding) = match desired::load(&cli.config) {
+        Ok(d) => (
+            Some(Wants::of(&d)),
+            Finding {
+                severity: Severity::Ok,
+                what: format!("{}: {} volumes", cli.config.display(), d.volumes.len()),
+                fix: None,
+            },
+        ),
+        Err(e) => (
+            None,
+            Finding {
+                severity: Severity::Problem,
+                what: format!("{e}; the checks of managed targets are skipped"),
+                fix: Some(format!(
+                    "lunkeeper validate --config {}",
+                    cli.config.display()
+                )),
+            },
+        ),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let cfg = DoctorConfig {
+        root: cli.root.clone(),
+        ..DoctorConfig::default()
+    };
+    let mut findings = vec![config_finding];
+    findings.extend(runtime.block_on(doctor::run(&cfg, wants.as_ref())));
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+    for f in &findings {
+        outln!("{f}");
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Problem)
+        .count();
+    if problems == 0 {
+        outln!("no problem found");
+        ExitCode::SUCCESS
+    } else {
+        outln!("{} found", count(problems, "problem"));
+        ExitCode::from(NOT_CONVERGED)
+    }
+}
+
+/// What a user who may not read the host's state is told (the daemon's status.json is
+/// world-readable; sysfs, /etc/lunkeeper and /var/lib/lunkeeper may not be).
+const NEEDS_ROOT: &str = "without the daemon running, `lunkeeper status` reads the host's \
+     state itself and needs root (run it as root, or start the daemon with `systemctl start \
+     lunkeeper`: any user can read its status)";
+
+/// Exit code of `status`: 0 when every volume is as the file wants it, 1 otherwise.
+fn status_code(as_wanted: bool) -> ExitCode {
+    if as_wanted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_CONVERGED)
+    }
+}
+
+/// What `status` reads when no daemon runs: the host and the ownership records.
+async fn observe_for_status(
+    host: &RealHost,
+    desired: &Desired,
+    store: &OwnedStore,
+) -> anyhow::Result<(lunkeeper::observe::Observed, lunkeeper::owned::Owned)> {
+    let observed = host.observe(desired).await?;
+    let owned = store.load()?;
+    Ok((observed, owned))
+}
+
+/// Whether an error comes from a file this user may not read.
+fn permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
 /// The daemon's own view, so `status` agrees with it (including a rejected config).
-fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
+fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
     let path = runtime_dir.join(lunkeeper::daemon::STATUS_FILE);
     let status: DaemonStatus = match std::fs::read(&path)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "{e}; it is written mode 0644 in a 0755 directory, so check the modes of {} \
+                 and of the file",
+                runtime_dir.display()
+            ),
+            _ => e.to_string(),
+        })
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(s) => s,
@@ -398,6 +509,7 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
             return ExitCode::from(CANNOT_RUN);
         }
     };
+    let code = status_code(status.config.ok && lunkeeper::status::all_as_wanted(&status.volumes));
     if json {
         match serde_json::to_string_pretty(&status) {
             Ok(s) => outln!("{s}"),
@@ -406,7 +518,7 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
                 return ExitCode::from(CANNOT_RUN);
             }
         }
-        return ExitCode::SUCCESS;
+        return code;
     }
     if let Some(e) = &status.config.error {
         outln!("config REJECTED (the last good one is in force): {e}");
@@ -416,16 +528,49 @@ fn daemon_status(runtime_dir: &Path, json: bool) -> ExitCode {
     }
     match print_status(
         &Status {
+            schema: status.schema,
             volumes: status.volumes,
         },
         false,
+        wide,
     ) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => code,
         Err(e) => {
             eprintln!("lunkeeper: {e}");
             ExitCode::from(CANNOT_RUN)
         }
     }
+}
+
+/// Logging: every change to the host at info, which is the default for `apply` and the daemon
+/// (`status`, `plan` and `validate` print their answer and log only warnings). Under systemd
+/// (stderr is the journal, see `journal::stderr_is_journal`) entries go to journald with native
+/// fields (VOLUME, TARGET, PORTAL, WWID, ACTION, RESULT, ...); otherwise readable text on stderr.
+fn init_logging(command: &Command) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default_level = if matches!(command, Command::Apply { .. } | Command::Run) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if lunkeeper::journal::stderr_is_journal() {
+        let socket = Path::new(lunkeeper::journal::JOURNAL_SOCKET);
+        if let Ok(sink) = lunkeeper::journal::Socket::connect(socket) {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(lunkeeper::journal::JournalLayer::new(sink))
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// One thread: lanes are local tasks; observations go to tokio's blocking pool, and calls that
@@ -465,32 +610,12 @@ fn print_plan(plan: &plan::Plan) {
     }
 }
 
-fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
+fn print_status(status: &Status, json: bool, wide: bool) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
-    for v in &status.volumes {
-        let device = v.device.as_deref().unwrap_or("-");
-        out!("{:<20} {:<9} {device}", v.name, v.state);
-        if let Some(r) = &v.reason {
-            out!("  ({r})");
-        }
-        outln!();
-        for p in &v.paths {
-            let session = p
-                .session
-                .map(|s| format!("session{s}"))
-                .unwrap_or_else(|| "-".into());
-            outln!(
-                "    {:<28} {:<10} {:<6} {}",
-                p.portal,
-                session,
-                p.device.as_deref().unwrap_or("-"),
-                p.state
-            );
-        }
-    }
+    out!("{}", lunkeeper::status::render(&status.volumes, wide));
     outln!("{}", status.summary());
     Ok(())
 }

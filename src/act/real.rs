@@ -367,9 +367,20 @@ fn done(d: Done) -> Outcome {
 impl Host for RealHost {
     async fn observe(&self, desired: &Desired) -> Result<Observed, ObserveFailure> {
         let root = self.config.root.clone();
-        let mut observed = tokio::task::spawn_blocking(move || observe::observe(&root))
-            .await
-            .map_err(|e| ObserveFailure::Task(e.to_string()))??;
+        // Single-path volumes' (target, LUN): their disks' sizes are read for status.
+        let single: Vec<(String, crate::desired::Lun)> = desired
+            .volumes
+            .iter()
+            .filter(|v| !v.multipath)
+            .map(|v| (v.target.to_string(), v.lun))
+            .collect();
+        let mut observed = tokio::task::spawn_blocking(move || {
+            let mut observed = observe::observe(&root)?;
+            observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &single);
+            Ok::<_, observe::ObserveError>(observed)
+        })
+        .await
+        .map_err(|e| ObserveFailure::Task(e.to_string()))??;
         self.resolve(desired, &mut observed).await;
         Ok(observed)
     }

@@ -93,6 +93,9 @@ fn disk_name(n: u32) -> String {
     format!("sd{name}")
 }
 
+/// Every simulated LUN's size: 1 GiB.
+pub const SIM_SIZE_BYTES: u64 = 1 << 30;
+
 fn blockdev(name: String, devnum: DevNum) -> BlockDev {
     BlockDev {
         name,
@@ -241,6 +244,7 @@ impl SimWorld {
             ),
             slaves,
             suspended: false,
+            size_bytes: Some(SIM_SIZE_BYTES),
         });
     }
 
@@ -614,6 +618,12 @@ impl Host for SimHost {
         world.add_path_lag = lag;
         world.set_holders();
         let mut observed = world.observed.clone();
+        let disks = observed
+            .sessions
+            .iter()
+            .flat_map(|s| &s.devices)
+            .filter_map(|d| d.disk.as_ref());
+        observed.disk_sizes = disks.map(|d| (d.name.clone(), SIM_SIZE_BYTES)).collect();
         if world.faults.dns_down {
             observed.resolved.clear();
         }

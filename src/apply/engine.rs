@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::holds::{Holds, RetryPolicy};
+use super::stats::{ActionResult, ActionStats};
 use super::{ApplyError, Executed, VolumeResult};
 use crate::act::{ActError, Host, Outcome};
 use crate::desired::Desired;
-use crate::observe::{Hctl, Observed, SessionState};
+use crate::observe::{Hctl, Observed, SessionState, Wwid};
 use crate::owned::{Owned, OwnedStore};
 use crate::plan::{self, ownership, Action, Lane, Memory, Plan, Subject, Verdict};
 
@@ -47,6 +48,8 @@ struct LaneDone {
     failed: Option<(Action, ActError)>,
     /// The volumes the lane worked for, fixed when it started.
     users: Vec<String>,
+    /// Every action run: its kind, how it ended and how long it took (for metrics).
+    timings: Vec<(&'static str, ActionResult, std::time::Duration)>,
 }
 
 pub struct Engine<H: Host + 'static> {
@@ -71,6 +74,8 @@ pub struct Engine<H: Host + 'static> {
     executed: Option<Vec<Executed>>,
     /// Actions done (that changed something) by kind, for the daemon's life.
     changed: BTreeMap<&'static str, u64>,
+    /// Every action by kind and result, with durations, for the daemon's metrics.
+    stats: ActionStats,
 }
 
 impl<H: Host + 'static> Engine<H> {
@@ -90,6 +95,7 @@ impl<H: Host + 'static> Engine<H> {
             tasks: JoinSet::new(),
             executed: Some(Vec::new()),
             changed: BTreeMap::new(),
+            stats: ActionStats::default(),
         })
     }
 
@@ -102,6 +108,11 @@ impl<H: Host + 'static> Engine<H> {
     /// Actions that changed something, by kind, since the engine started.
     pub fn changed_counts(&self) -> &BTreeMap<&'static str, u64> {
         &self.changed
+    }
+
+    /// Every action run since the engine started, by kind and result, with durations.
+    pub fn action_stats(&self) -> &ActionStats {
+        &self.stats
     }
 
     pub fn is_running(&self) -> bool {
@@ -243,6 +254,9 @@ impl<H: Host + 'static> Engine<H> {
             }
         };
         self.running.remove(&done.lane.subject);
+        for (kind, result, took) in &done.timings {
+            self.stats.record(kind, *result, *took);
+        }
         let mut dirty = false;
         for (action, outcome) in &done.done {
             dirty |= ownership::release(&mut self.owned, action);
@@ -325,26 +339,60 @@ impl<H: Host + 'static> Engine<H> {
 }
 
 async fn run_lane<H: Host>(host: Rc<H>, lane: Lane, users: Vec<String>) -> LaneDone {
+    // Field names are the journal's (src/journal.rs): every entry of the lane carries VOLUME
+    // for each volume it works for (a session's lane serves several), TARGET and PORTAL for a
+    // session; each step adds ACTION (its kind), WWID when it has one, and RESULT.
     let span = match &lane.subject {
         Subject::Volume(v) => tracing::info_span!("lane", volume = %v),
-        Subject::Session(s) => tracing::info_span!("lane", target = %s.target, portal = %s.portal),
+        Subject::Session(s) => tracing::info_span!(
+            "lane",
+            target = %s.target,
+            portal = %s.portal,
+            volumes = %users.join(",")
+        ),
     };
     async move {
         let mut done = Vec::new();
+        let mut timings = Vec::new();
         for action in &lane.actions {
-            match host.execute(action).await {
+            let step = tracing::info_span!(
+                "step",
+                action = %action.kind(),
+                wwid = tracing::field::Empty
+            );
+            if let Some(w) = wwid_of(action) {
+                step.record("wwid", tracing::field::display(w));
+            }
+            let started = tokio::time::Instant::now();
+            let result = host.execute(action).instrument(step.clone()).await;
+            let took = started.elapsed();
+            let _in_step = step.enter();
+            match result {
                 Ok(outcome) => {
-                    info!(action = %action, changed = (outcome == Outcome::Changed), "done");
+                    let result = match outcome {
+                        Outcome::Changed => ActionResult::Changed,
+                        Outcome::AlreadySo => ActionResult::Already,
+                    };
+                    // Every change to the host at info; bookkeeping and no-ops below it.
+                    if result == ActionResult::Changed && !action.is_bookkeeping() {
+                        info!(result = %result, ms = took.as_millis() as u64, "{action}");
+                    } else {
+                        debug!(result = %result, ms = took.as_millis() as u64, "{action}");
+                    }
+                    timings.push((action.kind(), result, took));
                     done.push((action.clone(), outcome));
                 }
                 Err(error) => {
-                    warn!(action = %action, error = %error, "failed");
+                    let result = ActionResult::Failed;
+                    warn!(result = %result, ms = took.as_millis() as u64, error = %error, "{action}");
+                    timings.push((action.kind(), result, took));
                     let failed = Some((action.clone(), error));
                     return LaneDone {
                         lane,
                         done,
                         failed,
                         users,
+                        timings,
                     };
                 }
             }
@@ -354,10 +402,23 @@ async fn run_lane<H: Host>(host: Rc<H>, lane: Lane, users: Vec<String>) -> LaneD
             done,
             failed: None,
             users,
+            timings,
         }
     }
     .instrument(span)
     .await
+}
+
+/// The WWID an action is about, for the journal's WWID field.
+fn wwid_of(action: &Action) -> Option<&Wwid> {
+    match action {
+        Action::OwnVolume { wwid, .. } => wwid.as_ref(),
+        Action::ForgetWwid { wwid }
+        | Action::RegisterWwid { wwid }
+        | Action::AddMap { wwid }
+        | Action::UnregisterWwid { wwid } => Some(wwid),
+        _ => None,
+    }
 }
 
 /// The volumes a lane works for: its own volume, or every present volume using its session.

@@ -6,6 +6,7 @@ mod engine;
 #[cfg(test)]
 mod fault_tests;
 mod holds;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 
 pub use engine::{Engine, Pass};
 pub use holds::RetryPolicy;
+pub use stats::{ActionResult, ActionStats, Histogram, DURATION_BUCKETS};
 
 use crate::act::{preflight, Host, Missing, ObserveFailure};
 use crate::desired::Desired;

@@ -20,6 +20,7 @@ use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
 use crate::files::write_atomic;
 use crate::lock::{self, HeldLock, LockError};
+use crate::metrics::{MetricsWriter, Snapshot};
 use crate::owned::{Owned, OwnedStore};
 use crate::plan::mass_detach::{self, MassDetach};
 use crate::status::{summarize, Status, VolumeStatus};
@@ -75,9 +76,14 @@ pub enum DaemonError {
 }
 
 /// What the daemon publishes in `status.json`: the status of every volume and whether the
-/// configuration it runs is the file's current content.
+/// configuration it runs is the file's current content. Mode 0644 in a 0755 directory: any
+/// user may read it (`lunkeeper status` as non-root), so it carries no secret; reasons and
+/// errors are the same text the journal gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
+    /// [`crate::status::SCHEMA`]; absent in files of lunkeeper before it was versioned.
+    #[serde(default = "crate::status::schema")]
+    pub schema: u32,
     pub volumes: Vec<VolumeStatus>,
     pub config: ConfigState,
     /// Set while something acting needs is missing ("waiting: iscsid is not running (run
@@ -157,6 +163,8 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut wake_at: Option<Instant> = None;
     let mut last_status: Option<DaemonStatus> = None;
     let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+    let mut metrics = MetricsWriter::default();
+    let mut telemetry = Telemetry::default();
 
     loop {
         if dirty {
@@ -178,6 +186,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 }
                 Some(desired) => match engine.pass(desired).await {
                     Ok(pass) => {
+                        telemetry.last_pass = Some(std::time::SystemTime::now());
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
                         publish(&opts, &config, status.volumes, None, &mut last_status);
@@ -198,6 +207,19 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     true
                 }
             };
+            let snapshot = Snapshot {
+                volumes: last_status
+                    .as_ref()
+                    .map(|s| s.volumes.clone())
+                    .unwrap_or_default(),
+                actions: engine.action_stats().clone(),
+                config_ok: config.state.ok,
+                reloads_accepted: telemetry.reloads_accepted,
+                reloads_rejected: telemetry.reloads_rejected,
+                last_reload: telemetry.last_reload,
+                last_pass: telemetry.last_pass,
+            };
+            metrics.update(metrics_file(&config).as_deref(), &snapshot);
             if !ready_sent && (settled || started.elapsed() >= opts.ready_deadline) {
                 ready_sent = true;
                 notify(&[NotifyState::Ready]);
@@ -212,12 +234,12 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             }
             changed = watcher.changed() => {
                 changed?;
-                reload(&opts, &mut config, &mut engine);
+                telemetry.reloaded(reload(&opts, &mut config, &mut engine));
                 resync = resync_timer(config.desired.as_ref());
                 dirty = true;
             }
             _ = sighup.recv() => {
-                reload(&opts, &mut config, &mut engine);
+                telemetry.reloaded(reload(&opts, &mut config, &mut engine));
                 resync = resync_timer(config.desired.as_ref());
                 dirty = true;
             }
@@ -274,6 +296,34 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     Ok(())
 }
 
+/// What the metrics count besides the engine's actions.
+#[derive(Debug, Default)]
+struct Telemetry {
+    reloads_accepted: u64,
+    reloads_rejected: u64,
+    last_reload: Option<std::time::SystemTime>,
+    last_pass: Option<std::time::SystemTime>,
+}
+
+impl Telemetry {
+    fn reloaded(&mut self, accepted: bool) {
+        if accepted {
+            self.reloads_accepted += 1;
+        } else {
+            self.reloads_rejected += 1;
+        }
+        self.last_reload = Some(std::time::SystemTime::now());
+    }
+}
+
+/// The metrics file of the configuration in force (the default one before any is).
+fn metrics_file(config: &Config) -> Option<PathBuf> {
+    match &config.desired {
+        Some(d) => d.daemon.metrics_file.clone(),
+        None => desired::DaemonSettings::default().metrics_file,
+    }
+}
+
 /// The configuration in force, and whether the file's current content was accepted.
 struct Config {
     desired: Option<Desired>,
@@ -321,25 +371,36 @@ impl Config {
 
 /// Validates the new file and diffs it against the one in force. A file that does not load
 /// changes nothing: the last good configuration stays, and the error is logged and published.
-fn reload<H: Host + 'static>(opts: &DaemonOptions, config: &mut Config, engine: &mut Engine<H>) {
+/// Returns whether the file was put in force.
+fn reload<H: Host + 'static>(
+    opts: &DaemonOptions,
+    config: &mut Config,
+    engine: &mut Engine<H>,
+) -> bool {
     notify(&[NotifyState::Reloading]);
-    match desired::load(&opts.config) {
+    let accepted = match desired::load(&opts.config) {
         Ok(new) => match mass_detach::check(&new, engine.owned()) {
             Some(refused) => {
                 let e = mass_detach_error(&refused);
                 error!(error = %e, "configuration refused; keeping the last good one, nothing is detached");
                 config.state.ok = false;
                 config.state.error = Some(e);
+                false
             }
-            None => accept(config, new, engine),
+            None => {
+                accept(config, new, engine);
+                true
+            }
         },
         Err(e) => {
             error!(error = %e, "configuration rejected; keeping the last good one, nothing is detached");
             config.state.ok = false;
             config.state.error = Some(e.to_string());
+            false
         }
-    }
+    };
     notify(&[NotifyState::Ready]);
+    accepted
 }
 
 /// The daemon's wording of a tripped mass-detach guard: `--allow-mass-detach` is for `apply`,
@@ -379,6 +440,7 @@ fn publish(
     last: &mut Option<DaemonStatus>,
 ) {
     let status = DaemonStatus {
+        schema: crate::status::SCHEMA,
         volumes,
         config: config.state.clone(),
         waiting,
@@ -386,6 +448,7 @@ fn publish(
     if last.as_ref() == Some(&status) {
         return;
     }
+    log_state_changes(last.as_ref().map(|l| l.volumes.as_slice()), &status.volumes);
     let summary = summarize(&status.volumes);
     let mut line = match &status.config.error {
         None => format!("{summary}; config ok"),
@@ -406,6 +469,25 @@ fn publish(
         Err(e) => warn!(error = %e, "cannot encode the status"),
     }
     *last = Some(status);
+}
+
+/// Each volume whose state changed, one entry with its VOLUME (a volume's history in the
+/// journal shows it turning degraded and ready again, not only lunkeeper's own actions).
+fn log_state_changes(before: Option<&[VolumeStatus]>, now: &[VolumeStatus]) {
+    for v in now {
+        let was = before.and_then(|b| b.iter().find(|o| o.name == v.name));
+        let previous = was.map_or("unknown", |o| o.state.as_str());
+        if previous == v.state {
+            continue;
+        }
+        let reason = v.reason.as_deref().unwrap_or("");
+        match v.state.as_str() {
+            "ready" | "absent" | "pending" => {
+                info!(volume = %v.name, state = %v.state, previous, reason, "volume {}", v.state)
+            }
+            _ => warn!(volume = %v.name, state = %v.state, previous, reason, "volume {}", v.state),
+        }
+    }
 }
 
 /// The daemon's preflight: checked before a pass acts, again on every pass while something is
@@ -605,7 +687,10 @@ mod tests {
         assert!(config.state.ok);
 
         std::fs::write(&file, toml(&[("db0", 0, "present")])).unwrap();
-        reload(&opts, &mut config, &mut engine);
+        assert!(
+            !reload(&opts, &mut config, &mut engine),
+            "counted as rejected"
+        );
         assert_eq!(
             config.desired.as_ref(),
             Some(&old),
@@ -641,7 +726,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        reload(&opts, &mut config, &mut engine);
+        assert!(
+            reload(&opts, &mut config, &mut engine),
+            "counted as accepted"
+        );
         assert!(config.state.ok, "{:?}", config.state.error);
         assert_eq!(config.desired.as_ref().map(|d| d.volumes.len()), Some(3));
     }
@@ -732,5 +820,41 @@ mod tests {
         let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
         let status: DaemonStatus = serde_json::from_str(&text).unwrap();
         assert_eq!(status.waiting, Some(w));
+    }
+
+    #[test]
+    fn a_volume_s_state_changes_are_logged_under_its_name() {
+        use crate::journal::{Captured, JournalLayer};
+        use tracing_subscriber::layer::SubscriberExt;
+        let v = |state: &str| VolumeStatus {
+            name: "db".into(),
+            state: state.into(),
+            stable_name: None,
+            size_bytes: None,
+            device: None,
+            wwid: None,
+            paths: vec![],
+            reason: (state != "ready").then(|| "1 of 2 paths down".to_string()),
+        };
+        let sink = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(JournalLayer::new(sink.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            log_state_changes(None, &[v("ready")]);
+            log_state_changes(Some(&[v("ready")]), &[v("ready")]);
+            log_state_changes(Some(&[v("ready")]), &[v("degraded")]);
+        });
+        let entries = sink.entries();
+        assert_eq!(entries.len(), 2, "an unchanged state is not logged again");
+        let degraded = &entries[1];
+        let get = |n: &str| {
+            degraded
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("VOLUME"), Some("db"));
+        assert_eq!(get("STATE"), Some("degraded"));
+        assert_eq!(get("PREVIOUS"), Some("ready"));
+        assert_eq!(get("PRIORITY"), Some("4"));
     }
 }

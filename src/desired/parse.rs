@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -115,6 +115,7 @@ struct RawDefaults {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     resync_interval: Option<Spanned<Integer>>,
+    metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,8 +304,25 @@ impl File<'_> {
     fn daemon(&self, raw: Option<&RawDaemon>) -> Result<DaemonSettings, ConfigError> {
         let value = raw.and_then(|d| d.resync_interval.as_ref());
         let seconds = self.seconds(value, "daemon", &RESYNC_INTERVAL, RESYNC_INTERVAL.default)?;
+        let metrics_file = match raw.and_then(|d| d.metrics_file.as_ref()) {
+            None => DaemonSettings::default().metrics_file,
+            Some(v) if v.get_ref().is_empty() => None,
+            Some(v) if Path::new(v.get_ref()).is_absolute() => Some(PathBuf::from(v.get_ref())),
+            Some(v) => {
+                return Err(self.error_at(
+                    v.span(),
+                    "daemon.metrics_file",
+                    format!(
+                        "{:?} is not an absolute path; name the .prom file in node_exporter's \
+                         textfile directory by its absolute path, or \"\" for no metrics",
+                        v.get_ref()
+                    ),
+                ))
+            }
+        };
         Ok(DaemonSettings {
             resync_interval: Duration::from_secs(seconds.into()),
+            metrics_file,
         })
     }
 
@@ -1173,6 +1191,7 @@ state = "absent"
             source: PathBuf::from(PATH),
             daemon: DaemonSettings {
                 resync_interval: Duration::from_secs(120),
+                ..DaemonSettings::default()
             },
             volumes: vec![
                 Volume {
@@ -1233,6 +1252,7 @@ login_timeout = 15         # seconds (1..=600) lunkeeper waits for one login -> 
 
 [daemon]                   # optional
 resync_interval = 300      # seconds, 1..=86400, default 300 -> DaemonSettings.resync_interval
+metrics_file = "/var/lib/prometheus/node-exporter/lunkeeper.prom"  # "" = off
 
 [[volume]]
 name = "db-data"                        # unique; must match [a-z0-9][a-z0-9._-]{0,62}
@@ -1728,6 +1748,29 @@ password_in_file = "/etc/lunkeeper/secrets/db-in"   # required iff username_in i
             "volume[0].state",
             "must be \"present\" or \"absent\"",
         );
+    }
+
+    #[test]
+    fn metrics_file_is_absolute_or_empty_for_off() {
+        let d = parse_text(&format!(
+            "[daemon]\nmetrics_file = \"\"\n{}",
+            one_volume("")
+        ))
+        .unwrap();
+        assert_eq!(d.daemon.metrics_file, None);
+        let d = parse_text(&format!(
+            "[daemon]\nmetrics_file = \"/srv/m.prom\"\n{}",
+            one_volume("")
+        ))
+        .unwrap();
+        assert_eq!(d.daemon.metrics_file, Some(PathBuf::from("/srv/m.prom")));
+        let d = parse_text(&one_volume("")).unwrap();
+        assert_eq!(
+            d.daemon.metrics_file,
+            Some(PathBuf::from(crate::metrics::DEFAULT_METRICS_FILE))
+        );
+        let text = format!("[daemon]\nmetrics_file = \"m.prom\"\n{}", one_volume(""));
+        assert_refused(&text, 2, 16, "daemon.metrics_file", "absolute path");
     }
 
     #[test]

@@ -26,12 +26,16 @@ impl Desired {
 pub struct DaemonSettings {
     /// How often the daemon re-reads the whole world even without events.
     pub resync_interval: Duration,
+    /// node_exporter textfile-collector file the daemon writes its metrics to; None: off
+    /// (`metrics_file = ""`). See [`crate::metrics`].
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
             resync_interval: Duration::from_secs(300),
+            metrics_file: Some(PathBuf::from(crate::metrics::DEFAULT_METRICS_FILE)),
         }
     }
 }

@@ -12,5 +12,5 @@ mod wwid;
 pub use model::{
     BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState,
 };
-pub use sysfs::{observe, ObserveError};
+pub use sysfs::{observe, read_disk_sizes, sectors_to_bytes, ObserveError};
 pub use wwid::{Wwid, WwidError};

@@ -23,6 +23,10 @@ pub struct Observed {
     pub resolved: BTreeMap<String, SocketAddr>,
     /// lunkeeper's udev name mappings, key (`mpath-<wwid>`, `sd-<wwid>`) → volume name.
     pub names: BTreeMap<String, String>,
+    /// Sizes in bytes of the disks (`sdX`) of single-path volumes, by kernel name. Read by the
+    /// caller that knows which disks those are: a host with thousands of paths does not read
+    /// every disk's `size` on every look. (A map's size is in [`Map::size_bytes`].)
+    pub disk_sizes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +182,8 @@ pub struct Map {
     /// Path devices (`sdX`) under `slaves/`.
     pub slaves: Vec<String>,
     pub suspended: bool,
+    /// The map's size in bytes (`size` in 512-byte sectors); None when unreadable.
+    pub size_bytes: Option<u64>,
 }
 
 /// One node record of open-iscsi's database.

@@ -137,6 +137,7 @@ struct MpathDm {
     wwid: Wwid,
     name: String,
     suspended: bool,
+    size_bytes: Option<u64>,
 }
 
 /// What is read below a virtual device's directory.
@@ -318,6 +319,7 @@ impl BlockIndex {
                     name: m.name,
                     wwid: m.wwid,
                     suspended: m.suspended,
+                    size_bytes: m.size_bytes,
                 })
             })
             .collect()
@@ -365,12 +367,47 @@ fn mpath_dm(
     }
     let suspended = dirfd::read_attr_at(base, join_in(scratch, name, "dm/suspended"), buf)
         .is_ok_and(|s| s == "1");
+    let size_bytes = dirfd::read_attr_at(base, join_in(scratch, name, "size"), buf)
+        .ok()
+        .and_then(|s| sectors_to_bytes(&s));
     Some(MpathDm {
         kernel_name: name.to_string(),
         wwid,
         name: map_name,
         suspended,
+        size_bytes,
     })
+}
+
+/// The sizes in bytes of the disks of `volumes` (target, LUN), by kernel name; a disk whose
+/// `size` cannot be read is left out. One read per disk, so only the disks asked for.
+pub fn read_disk_sizes(
+    root: &Path,
+    observed: &Observed,
+    volumes: &[(String, crate::desired::Lun)],
+) -> std::collections::BTreeMap<String, u64> {
+    observed
+        .sessions
+        .iter()
+        .flat_map(|s| s.devices.iter().map(move |d| (s, d)))
+        .filter(|(s, d)| {
+            volumes
+                .iter()
+                .any(|(t, lun)| *t == s.target && lun.matches(d.hctl.lun))
+        })
+        .filter_map(|(_, d)| d.disk.as_ref())
+        .filter_map(|disk| {
+            let path = root.join("sys/class/block").join(&disk.name).join("size");
+            let text = fs::read_to_string(path).ok()?;
+            Some((disk.name.clone(), sectors_to_bytes(&text)?))
+        })
+        .collect()
+}
+
+/// A block device's `size` attribute (512-byte sectors, whatever the logical block size) in
+/// bytes.
+pub fn sectors_to_bytes(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok()?.checked_mul(512)
 }
 
 /// `dir/file` in a reused buffer: the reads made for every path build their relative paths
@@ -966,6 +1003,11 @@ mod tests {
         DevNum { major, minor }
     }
 
+    /// The fixture's default disk size (131072 sectors), which a map over its disks takes.
+    fn fixture_size_bytes() -> u64 {
+        131_072 * 512
+    }
+
     fn disk(name: &str, minor: u32, holders: &[&str]) -> BlockDev {
         BlockDev {
             name: name.to_string(),
@@ -1039,6 +1081,7 @@ mod tests {
                 },
                 slaves: vec!["sda".to_string(), "sdb".to_string()],
                 suspended: false,
+                size_bytes: Some(fixture_size_bytes()),
             }],
             mounted: base_mounts(),
             ..Observed::default()
@@ -1336,6 +1379,28 @@ mod tests {
                 .map(|d| d.holders.clone()),
             Some(vec!["dm-2".to_string()])
         );
+        Ok(())
+    }
+
+    #[test]
+    fn sizes_are_read_for_the_disks_asked_for_and_maps() -> TestResult {
+        let (dir, mut t) = fixture()?;
+        t.session(1, IQN, addr("127.0.0.1:3260"), "LOGGED_IN")?;
+        t.lun(1, 0, Some("sda"), Some(NAA), "running")?;
+        t.lun(1, 1, Some("sdb"), Some(NAA), "running")?;
+        t.set_size("sdb", 2048)?;
+        t.map(WWID, "dm-0", &["sda"])?;
+        t.set_size("dm-0", 4096)?;
+        let o = observe(dir.path())?;
+        assert_eq!(o.maps[0].size_bytes, Some(4096 * 512));
+        assert!(o.disk_sizes.is_empty(), "not read unless asked");
+        let sizes = read_disk_sizes(dir.path(), &o, &[(IQN.to_string(), crate::desired::Lun(1))]);
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("sdb".to_string(), 2048 * 512)]
+        );
+        assert_eq!(sectors_to_bytes("x"), None);
+        assert_eq!(sectors_to_bytes(&format!("{}", u64::MAX)), None, "overflow");
         Ok(())
     }
 
