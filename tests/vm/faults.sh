@@ -83,6 +83,7 @@ no_destructive() {
 
 start_daemon() { # [LEVEL]: lunkeeper run on $CONF, log in $OUT/daemon.log, watchdog every 1 s
   : >"$NOTIFY_LOG"
+  rm -f "$STATUS" # a previous daemon's file must not pass for this one's
   echo "---- daemon start $(date +%s.%N)" >>"$OUT/daemon.log"
   NOTIFY_SOCKET=/run/lk-notify.sock WATCHDOG_USEC=2000000 LUNKEEPER_LOG=${1:-info} \
     "$LK" --config "$CONF" run >>"$OUT/daemon.log" 2>&1 &
@@ -501,13 +502,16 @@ row_j_names_stop_resolving() {
   local mark
   mark=$(wc -l <"$OUT/daemon.log" 2>/dev/null || echo 0)
   start_daemon
-  lk_wait_for 60 test -s "$STATUS" || true
+  # SIGHUP only once the daemon says READY (before that it has no handler yet, as under systemd,
+  # which sends reloads only after READY=1).
+  lk_check_wait "j: daemon READY without the names" 90 grep -q READY=1 "$NOTIFY_LOG"
   kill -HUP "$DPID"
   # Nothing to wait for: the check is that nothing happens; give the daemon 10 s of passes.
   sleep 10
   tail -n +"$((mark + 1))" "$OUT/daemon.log" >"$OUT/j-daemon.log"
   lk_log "j: daemon status without the names: $(st "vol['named']['state'] + ' ' + str(vol['named']['reason'])")"
   lk_check "j: the daemon without the names took no destructive action" no_destructive "$OUT/j-daemon.log"
+  lk_check "j: the daemon is still running after 10 s and a SIGHUP" kill -0 "$DPID"
   lk_check_eq "j: sessions unchanged after 10 s of the daemon and a SIGHUP" "$before" "$(sids_of "$iqn")"
   lk_check "j: still attached under the daemon" volume_attached "$iqn" "$w" "$P1" "$P2"
   stop_daemon

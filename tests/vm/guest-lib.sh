@@ -705,14 +705,15 @@ lk_mpathd() {
 _lk_io_dir() { echo "$LK_STATE/io/$1"; }
 
 # lk_io_start NAME DEV [SLOTS]: start writing checksummed 4 KiB blocks (O_DIRECT, fsync each)
-# to DEV in the background, cycling over SLOTS blocks (default 2048 = 8 MiB), until lk_io_stop.
+# to DEV in the background, cycling over SLOTS blocks (default 512 = 2 MiB: reading them all back
+# stays quick in an emulated guest), until lk_io_stop.
 lk_io_start() {
   local d
   d=$(_lk_io_dir "$1")
   rm -rf "$d"
   mkdir -p "$d"
   echo "$2" >"$d/dev"
-  python3 "$LK_VM_DIR/lk-io.py" write "$2" "$d" "${3:-2048}" >"$d/writer.log" 2>&1 &
+  python3 "$LK_VM_DIR/lk-io.py" write "$2" "$d" "${3:-512}" >"$d/writer.log" 2>&1 &
   echo $! >"$d/pid"
   lk_log "io $1: writer $(cat "$d/pid") started on $2"
 }
