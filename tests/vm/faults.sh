@@ -85,8 +85,10 @@ start_daemon() { # [LEVEL]: lunkeeper run on $CONF, log in $OUT/daemon.log, watc
   : >"$NOTIFY_LOG"
   rm -f "$STATUS" # a previous daemon's file must not pass for this one's
   echo "---- daemon start $(date +%s.%N)" >>"$OUT/daemon.log"
+  # WATCHDOG_PID must name the daemon itself (sd_notify ignores WATCHDOG_USEC otherwise): the
+  # shell's pid, which exec hands to lunkeeper.
   NOTIFY_SOCKET=/run/lk-notify.sock WATCHDOG_USEC=2000000 LUNKEEPER_LOG=${1:-info} \
-    "$LK" --config "$CONF" run >>"$OUT/daemon.log" 2>&1 &
+    bash -c 'export WATCHDOG_PID=$$; exec "$0" "$@"' "$LK" --config "$CONF" run >>"$OUT/daemon.log" 2>&1 &
   DPID=$!
   echo "$DPID" >"$LK_STATE/daemon.pid"
   lk_log "daemon started (pid $DPID)"
