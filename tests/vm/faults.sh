@@ -733,6 +733,15 @@ with open(os.path.join(d, "sampler.txt"), "w") as f:
         f.write(f"seen {s.decode(errors='replace')}\n")
 PY
   local sampler=$!
+  # The sampler can miss a short-lived process (a scan of /proc takes far longer than 10 ms in
+  # an emulated guest), so every iscsiadm lunkeeper runs also goes through a shim first in PATH
+  # that records its argv.
+  local shim=$LK_STATE/shim
+  mkdir -p "$shim"
+  printf '#!/bin/bash\nprintf "%%q " "$@" >>%q\necho >>%q\nexec /usr/bin/iscsiadm "$@"\n' "$kd/iscsiadm-argv.log" "$kd/iscsiadm-argv.log" >"$shim/iscsiadm"
+  chmod +x "$shim/iscsiadm"
+  [[ -x /usr/bin/iscsiadm ]] || sed -i 's|/usr/bin/iscsiadm|/usr/sbin/iscsiadm|' "$shim/iscsiadm"
+  local PATH=$shim:$PATH
   local outputs=()
   LUNKEEPER_LOG=trace "$LK" --config "$CONF" plan --json >"$kd/plan-empty.json" 2>"$kd/plan-empty.log" || true
   conf_k present
@@ -772,6 +781,8 @@ PY
   local f sizes=""
   for f in "${outputs[@]}" "$OUT/daemon.log" "$kd"/*.log; do sizes+="${f##*/}=$(wc -l <"$f") "; done
   lk_log "k: log lines searched: $sizes"
+  lk_check "k: every iscsiadm's argv recorded by a shim ($(wc -l <"$kd/iscsiadm-argv.log" 2>/dev/null || echo 0) runs) holds no secret" \
+    bash -c "test -s '$kd/iscsiadm-argv.log' && ! grep -qFf '$pattern' '$kd/iscsiadm-argv.log'"
   lk_check "k: no secret in any log line (apply and daemon at trace: $sizes)" no_secret_in "$pattern" "${outputs[@]}" "$OUT/daemon.log" "$kd"/*.log
   lk_check "k: no secret in status, status --json, status.json (daemon) or plan --json (before, attach, steady, detach)" \
     no_secret_in "$pattern" "$kd/status.out" "$kd/status.json.out" "$kd/status-daemon.out" "$kd/daemon-status.json" "$kd"/plan-{empty,attach,steady,detach}.json
