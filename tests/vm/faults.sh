@@ -21,6 +21,7 @@ P2=127.0.0.2:3260
 IQN_PREFIX=iqn.2026-11.test.lunkeeper
 N=0
 ROW=none
+ROWNUM=0
 DPID=""
 # What lunkeeper may never do while a volume is meant to stay: the log names of those actions.
 DESTRUCTIVE='action=(flush multipath map|delete SCSI device|log out of|remove path|unregister WWID|drop the name mapping|delete node record|disable queueing|forget volume)'
@@ -157,24 +158,47 @@ write_conf() {
 volume_attached() {
   local iqn=$1 w=$2
   shift 2
-  local want=$# bad=0 s got=() dm slaves recs
-  for s in $(lk_sessions "$iqn"); do
-    got+=("$(lk_session_portal "$s")/$(lk_session_state "$s")")
-  done
-  echo "$iqn: sessions ${got[*]:-none}"
-  local expect=()
-  for p in "$@"; do expect+=("$p/LOGGED_IN"); done
-  [[ "$(printf '%s\n' "${got[@]}" | sort)" == "$(printf '%s\n' "${expect[@]}" | sort)" ]] || { echo "  want one LOGGED_IN session per portal: ${expect[*]}"; bad=1; }
-  dm=$(lk_dm_of_wwid "$w") || dm=""
-  slaves=$([[ -n $dm ]] && lk_dm_slaves "$dm")
-  echo "  map ${dm:-none} slaves [${slaves}] disks of WWID [$(lk_disks_of_wwid "$w" | tr '\n' ' ')]"
-  [[ -n $dm && -e /dev/mapper/$w && $(wc -w <<<"$slaves") == "$want" ]] || { echo "  want /dev/mapper/$w with $want slaves"; bad=1; }
-  grep -qx "/$w/" /etc/multipath/wwids || { echo "  $w not in /etc/multipath/wwids"; bad=1; }
-  [[ -e $RUNDIR/udev/mpath-$w ]] || { echo "  no name mapping $RUNDIR/udev/mpath-$w"; bad=1; }
-  recs=$(find "/etc/iscsi/nodes/$iqn" -type f 2>/dev/null | wc -l)
-  echo "  node records $recs"
-  ((recs == want)) || { echo "  want $want node records"; bad=1; }
-  return "$bad"
+  volumes_attached "$iqn" "$w" "$(
+    IFS=,
+    echo "$*"
+  )"
+}
+
+# volumes_attached IQN WWID PORTAL,PORTAL [IQN WWID PORTALS ...]: volume_attached for several
+# volumes in one process (each shell command costs a lot in an emulated guest).
+volumes_attached() {
+  python3 - "$RUNDIR" "$@" <<'PY'
+import glob, os, sys
+rundir, args = sys.argv[1], sys.argv[2:]
+def rd(p):
+    with open(p) as f:
+        return f.read().strip()
+sessions = []  # (target, "ip:port", state)
+for s in glob.glob("/sys/class/iscsi_session/session*"):
+    sid = s.rsplit("session", 1)[1]
+    conns = glob.glob(f"/sys/class/iscsi_connection/connection{sid}:*")
+    portal = f"{rd(conns[0] + '/persistent_address')}:{rd(conns[0] + '/persistent_port')}" if conns else "?"
+    sessions.append((rd(s + "/targetname"), portal, rd(s + "/state")))
+maps = {}
+for d in glob.glob("/sys/block/dm-*"):
+    maps[rd(d + "/dm/uuid")] = (os.path.basename(d), sorted(os.listdir(d + "/slaves")))
+wwids = set(l.strip() for l in open("/etc/multipath/wwids") if not l.startswith("#"))
+bad = 0
+for i in range(0, len(args), 3):
+    iqn, w, portals = args[i], args[i + 1], args[i + 2].split(",")
+    got = sorted(f"{p}/{st}" for t, p, st in sessions if t == iqn)
+    want = sorted(f"{p}/LOGGED_IN" for p in portals)
+    dm, slaves = maps.get("mpath-" + w, (None, []))
+    recs = len([f for f in glob.glob(f"/etc/iscsi/nodes/{iqn}/**", recursive=True) if os.path.isfile(f)])
+    mapping = os.path.exists(f"{rundir}/udev/mpath-{w}")
+    print(f"{iqn}: sessions {got}, map {dm} slaves {slaves}, registered {f'/{w}/' in wwids}, mapping {mapping}, node records {recs}")
+    ok = got == want and dm and os.path.exists(f"/dev/mapper/{w}") and len(slaves) == len(portals) \
+        and f"/{w}/" in wwids and mapping and recs == len(portals)
+    if not ok:
+        print(f"  want sessions {want}, a map with {len(portals)} slaves, the WWID registered, the mapping, {len(portals)} records")
+        bad = 1
+sys.exit(bad)
+PY
 }
 
 # nothing_of_lunkeeper_left KEEP_IQN KEEP_DISK: the only session, SCSI disk and node record left
@@ -250,6 +274,8 @@ run_row() {
   local name=$1 fn=$2 rc=0 t0
   t0=$(_lk_now_ms)
   ROW=$name
+  ROWNUM=$((ROWNUM + 1))
+  _LK_NCHECK=$((ROWNUM * 1000)) # check logs of different rows (subshells) must not collide
   lk_log "==== row $name: start"
   set +e
   (
@@ -318,10 +344,9 @@ row_a_kill_apply() {
     done | write_conf
   }
   all_attached() {
-    local bad=0 i
-    for i in 0 1 2 3; do volume_attached "${iqns[$i]}" "${wwids[$i]}" "$P1" "$P2" || bad=1; done
     echo "SCSI disks: $(ls /sys/block | grep -c '^sd')"
-    return "$bad"
+    volumes_attached "${iqns[0]}" "${wwids[0]}" "$P1,$P2" "${iqns[1]}" "${wwids[1]}" "$P1,$P2" \
+      "${iqns[2]}" "${wwids[2]}" "$P1,$P2" "${iqns[3]}" "${wwids[3]}" "$P1,$P2"
   }
 
   # The foreign session: another target, logged in by hand before lunkeeper runs; a checksummed
