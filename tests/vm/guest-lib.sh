@@ -29,6 +29,8 @@
 #             lk_session_host SID, lk_session_portal SID, lk_scan H "C T L", lk_host_devices H,
 #             lk_hctl_disk HCTL, lk_disks_of_wwid WWID, lk_disk_wwid sdX, lk_dm_of_wwid WWID,
 #             lk_dm_slaves dm-N, lk_map_has_paths WWID N, lk_mpathd CMD...
+#   I/O       lk_io_start NAME DEV [SLOTS], lk_io_stop NAME, lk_io_verify NAME, lk_io_errors NAME,
+#             lk_io_acked NAME (checksummed O_DIRECT writer/reader, tests/vm/lk-io.py)
 #   teardown  lk_dump_state LABEL, lk_cleanup_all
 # Call multi-step functions (lk_boot_stack, lk_target, ...) directly, not through lk_check:
 # bash turns `set -e` off inside a command whose status is tested, so a failing step inside
@@ -694,6 +696,66 @@ lk_map_has_paths() {
 # lk_mpathd CMD...: one multipathd socket command through the CLI; prints the reply.
 lk_mpathd() {
   timeout 20 multipathd "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checksummed I/O across a fault (tests/vm/lk-io.py)
+# ---------------------------------------------------------------------------------------------
+
+_lk_io_dir() { echo "$LK_STATE/io/$1"; }
+
+# lk_io_start NAME DEV [SLOTS]: start writing checksummed 4 KiB blocks (O_DIRECT, fsync each)
+# to DEV in the background, cycling over SLOTS blocks (default 512 = 2 MiB: reading them all back
+# stays quick in an emulated guest), until lk_io_stop.
+lk_io_start() {
+  local d
+  d=$(_lk_io_dir "$1")
+  rm -rf "$d"
+  mkdir -p "$d"
+  echo "$2" >"$d/dev"
+  python3 "$LK_VM_DIR/lk-io.py" write "$2" "$d" "${3:-512}" >"$d/writer.log" 2>&1 &
+  echo $! >"$d/pid"
+  lk_log "io $1: writer $(cat "$d/pid") started on $2"
+}
+
+# lk_io_acked NAME: writes acknowledged so far (from the writer's progress file, ~1 s old).
+lk_io_acked() {
+  local f
+  f=$(_lk_io_dir "$1")/progress
+  if [[ -s $f ]]; then cut -d' ' -f1 "$f"; else echo 0; fi
+}
+
+# lk_io_errors NAME: I/O errors so far (progress file while running, acks.json once stopped).
+lk_io_errors() {
+  local d
+  d=$(_lk_io_dir "$1")
+  if [[ -s $d/acks.json ]]; then
+    python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["errors"]))' "$d/acks.json"
+  elif [[ -s $d/progress ]]; then
+    cut -d' ' -f2 "$d/progress"
+  else
+    echo 0
+  fi
+}
+
+# lk_io_stop NAME: ask the writer to stop and wait (up to 120 s: a write may be queued in a
+# map with no path) until it has written acks.json.
+lk_io_stop() {
+  local d pid
+  d=$(_lk_io_dir "$1")
+  pid=$(cat "$d/pid")
+  touch "$d/stop"
+  lk_wait_for 120 test -s "$d/acks.json" || { lk_log "io $1: writer $pid did not stop"; return 1; }
+  wait "$pid" 2>/dev/null || true
+  lk_log "io $1: writer stopped: $(cat "$d/writer.log" 2>/dev/null)"
+}
+
+# lk_io_verify NAME: read back every slot the writer acknowledged and check sequence numbers and
+# checksums; prints the figures; fails if an acknowledged write is lost or a block is corrupt.
+lk_io_verify() {
+  local d
+  d=$(_lk_io_dir "$1")
+  python3 "$LK_VM_DIR/lk-io.py" verify "$(cat "$d/dev")" "$d"
 }
 
 # ---------------------------------------------------------------------------------------------
