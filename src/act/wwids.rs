@@ -58,16 +58,9 @@ impl WwidsFile {
     /// Adds `/<wwid>/` unless the file has it. Returns whether the file changed.
     pub async fn add(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
         let (mut file, text) = self.open_locked(true).await?;
-        if find_lines(&text, wwid).next().is_some() {
+        let Some(add) = addition(&text, wwid) else {
             return Ok(false);
-        }
-        let mut add = String::new();
-        if text.is_empty() {
-            add.push_str(HEADER);
-        } else if !text.ends_with('\n') {
-            add.push('\n');
-        }
-        add.push_str(&format!("/{}/\n", wwid.as_str()));
+        };
         let io = |source| WwidsError::Io {
             path: self.path.clone(),
             source,
@@ -158,8 +151,25 @@ impl WwidsFile {
     }
 }
 
-/// Byte offsets of the `/<wwid>/` lines (surrounding blanks allowed, as the reader allows them).
-fn find_lines<'a>(text: &'a str, wwid: &'a Wwid) -> impl Iterator<Item = usize> + 'a {
+/// What [`WwidsFile::add`] appends to a file holding `text` so that it registers `wwid`: None
+/// when it already does.
+pub fn addition(text: &str, wwid: &Wwid) -> Option<String> {
+    if find_lines(text, wwid).next().is_some() {
+        return None;
+    }
+    let mut add = String::new();
+    if text.is_empty() {
+        add.push_str(HEADER);
+    } else if !text.ends_with('\n') {
+        add.push('\n');
+    }
+    add.push_str(&format!("/{}/\n", wwid.as_str()));
+    Some(add)
+}
+
+/// Byte offsets of the `/<wwid>/` lines (surrounding blanks allowed, as the reader allows them):
+/// where [`WwidsFile::remove`] writes its `#`.
+pub fn find_lines<'a>(text: &'a str, wwid: &'a Wwid) -> impl Iterator<Item = usize> + 'a {
     let mut offset = 0;
     text.split_inclusive('\n').filter_map(move |line| {
         let start = offset;

@@ -6,7 +6,7 @@ mod dirfd;
 pub mod fixture;
 mod model;
 pub mod names;
-mod sysfs;
+pub(crate) mod sysfs;
 mod wwid;
 
 pub use model::{
