@@ -12,5 +12,5 @@ mod wwid;
 pub use model::{
     BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState,
 };
-pub use sysfs::{observe, ObserveError};
+pub use sysfs::{observe, registered_in_line, ObserveError};
 pub use wwid::{Wwid, WwidError};

@@ -831,11 +831,20 @@ fn registered_wwids(root: &Path) -> Result<BTreeSet<Wwid>, ObserveError> {
 /// The WWIDs of the `/<wwid>/` lines of a wwids file's text (see [`registered_wwids`]).
 pub fn parse_registered_wwids(text: &str) -> BTreeSet<Wwid> {
     text.lines()
-        .filter_map(|line| {
-            let inner = line.trim().strip_prefix('/')?.strip_suffix('/')?;
-            Wwid::from_str(inner).ok()
-        })
+        .filter_map(|line| Some(registered_in_line(line.as_bytes())?.1))
         .collect()
+}
+
+/// The WWID a line of multipath's wwids file registers, and the offset of its leading `/`:
+/// `/<wwid>/` with blanks around it. Comments, entries commented out (`#<wwid>/`) and
+/// anything else, a line that is not UTF-8 too, register nothing. The one reading of a line
+/// for both observe and the editor ([`crate::act::wwids`]), so that what one sees registered
+/// the other can find and remove.
+pub fn registered_in_line(line: &[u8]) -> Option<(usize, Wwid)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let lead = line.len() - line.trim_start().len();
+    let inner = line.trim().strip_prefix('/')?.strip_suffix('/')?;
+    Some((lead, Wwid::from_str(inner).ok()?))
 }
 
 /// The `maj:min` (third) field of every mountinfo line.
