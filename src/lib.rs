@@ -23,3 +23,18 @@ pub mod validate;
 
 #[cfg(test)]
 mod testkit;
+
+/// The parsers of outside input, for the fuzz targets in `fuzz/`. Not an API: names and
+/// signatures change with the code they expose.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::act::iscsiadm::rewrite_record;
+    pub use crate::act::multipathd::{reply_len, reply_text, Reply};
+    pub use crate::act::wwids::{addition as wwids_addition, find_lines as wwids_lines};
+    pub use crate::daemon::udev::{relevant as udev_relevant, UdevEvent};
+    pub use crate::desired::{locate, parse as parse_config, ConfigError};
+    pub use crate::observe::sysfs::{
+        parse_ip, parse_mountinfo, parse_portal_name, parse_registered_wwids,
+    };
+    pub use crate::observe::{DevNum, Hctl, SessionState, Wwid};
+}

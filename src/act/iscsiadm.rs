@@ -441,6 +441,13 @@ pub fn write_record_keys(
     keys: &[(&str, Option<String>)],
 ) -> std::io::Result<()> {
     let text = std::fs::read_to_string(record)?;
+    let out = rewrite_record(&text, keys);
+    crate::files::write_atomic_via(record, staging, out.as_bytes(), 0o600)
+}
+
+/// The text of a node record with `keys` set (`Some`) or removed (`None`): every other line
+/// kept in order, the keys set at the end, before iscsiadm's `# END RECORD` trailer.
+pub fn rewrite_record(text: &str, keys: &[(&str, Option<String>)]) -> String {
     let mut out = String::with_capacity(text.len() + 256);
     let mut end = None;
     for line in text.lines() {
@@ -465,7 +472,7 @@ pub fn write_record_keys(
         out.push_str(end);
         out.push('\n');
     }
-    crate::files::write_atomic_via(record, staging, out.as_bytes(), 0o600)
+    out
 }
 
 /// Reads a secret file: the first line, without its line ending. The error never carries the

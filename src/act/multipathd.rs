@@ -103,19 +103,12 @@ impl Multipathd {
         stream.write_all(&frame).await.map_err(io)?;
         let mut len = [0u8; size_of::<usize>()];
         stream.read_exact(&mut len).await.map_err(io)?;
-        let len = usize::from_ne_bytes(len);
-        if len > MAX_REPLY {
-            return Err(MultipathdError::Malformed {
-                command: command.to_string(),
-            });
-        }
+        let len = reply_len(len).ok_or_else(|| MultipathdError::Malformed {
+            command: command.to_string(),
+        })?;
         let mut reply = vec![0u8; len];
         stream.read_exact(&mut reply).await.map_err(io)?;
-        while reply.last() == Some(&0) {
-            reply.pop();
-        }
-        // `show ... json` output is printf-built and may carry odd bytes from device strings.
-        Ok(String::from_utf8_lossy(&reply).into_owned())
+        Ok(reply_text(reply))
     }
 
     fn connect(&self) -> Result<UnixStream, MultipathdError> {
@@ -134,6 +127,20 @@ impl Multipathd {
         std_stream.set_nonblocking(true).map_err(err)?;
         UnixStream::from_std(std_stream).map_err(err)
     }
+}
+
+/// The length a reply's header announces; None when it is larger than any reply we ask for.
+pub fn reply_len(header: [u8; size_of::<usize>()]) -> Option<usize> {
+    Some(usize::from_ne_bytes(header)).filter(|&len| len <= MAX_REPLY)
+}
+
+/// A reply's body as text, without its trailing NULs.
+pub fn reply_text(mut reply: Vec<u8>) -> String {
+    while reply.last() == Some(&0) {
+        reply.pop();
+    }
+    // `show ... json` output is printf-built and may carry odd bytes from device strings.
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 /// How multipathd answered a command that changes something.

@@ -19,7 +19,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use tokio::time::Instant;
 
-use crate::observe::Wwid;
+use crate::observe::{registered_in_line, Wwid};
 
 /// What multipath writes at the top of a new file; kept identical so the file looks the same
 /// whoever created it.
@@ -58,16 +58,9 @@ impl WwidsFile {
     /// Adds `/<wwid>/` unless the file has it. Returns whether the file changed.
     pub fn add(&self, wwid: &Wwid) -> Result<bool, WwidsError> {
         let (mut file, text) = self.open_locked(true)?;
-        if find_lines(&text, wwid).next().is_some() {
+        let Some(add) = addition(&text, wwid) else {
             return Ok(false);
-        }
-        let mut add = String::new();
-        if text.is_empty() {
-            add.push_str(HEADER);
-        } else if !text.ends_with('\n') {
-            add.push('\n');
-        }
-        add.push_str(&format!("/{}/\n", wwid.as_str()));
+        };
         let io = |source| WwidsError::Io {
             path: self.path.clone(),
             source,
@@ -101,8 +94,10 @@ impl WwidsFile {
     }
 
     /// Opens the file (creating it and its directory if asked), takes the write lock and reads
-    /// the whole text. The lock lasts as long as the returned `File`.
-    fn open_locked(&self, create: bool) -> Result<(File, String), WwidsError> {
+    /// the whole content. The lock lasts as long as the returned `File`. Bytes, not text: a
+    /// comment someone wrote in Latin-1 must not stop lunkeeper from editing the file, and
+    /// editing in place needs the offsets of the file itself.
+    fn open_locked(&self, create: bool) -> Result<(File, Vec<u8>), WwidsError> {
         let io = |source| WwidsError::Io {
             path: self.path.clone(),
             source,
@@ -120,8 +115,8 @@ impl WwidsFile {
             .open(&self.path)
             .map_err(io)?;
         self.lock(&file)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
         Ok((file, text))
     }
 
@@ -158,16 +153,33 @@ impl WwidsFile {
     }
 }
 
-/// Byte offsets of the `/<wwid>/` lines (surrounding blanks allowed, as the reader allows them).
-fn find_lines<'a>(text: &'a str, wwid: &'a Wwid) -> impl Iterator<Item = usize> + 'a {
+/// What [`WwidsFile::add`] appends to a file holding `text` so that it registers `wwid`: None
+/// when it already does.
+pub fn addition(text: &[u8], wwid: &Wwid) -> Option<String> {
+    if find_lines(text, wwid).next().is_some() {
+        return None;
+    }
+    let mut add = String::new();
+    if text.is_empty() {
+        add.push_str(HEADER);
+    } else if !text.ends_with(b"\n") {
+        add.push('\n');
+    }
+    add.push_str(&format!("/{}/\n", wwid.as_str()));
+    Some(add)
+}
+
+/// Byte offsets of the lines that register `wwid` (read as observe reads them,
+/// [`registered_in_line`]): where [`WwidsFile::remove`] writes its `#`.
+pub fn find_lines<'a>(text: &'a [u8], wwid: &'a Wwid) -> impl Iterator<Item = usize> + 'a {
     let mut offset = 0;
-    text.split_inclusive('\n').filter_map(move |line| {
-        let start = offset;
-        offset += line.len();
-        let lead = line.len() - line.trim_start().len();
-        let inner = line.trim().strip_prefix('/')?.strip_suffix('/')?;
-        (inner == wwid.as_str()).then_some(start + lead)
-    })
+    text.split_inclusive(|&b| b == b'\n')
+        .filter_map(move |line| {
+            let start = offset;
+            offset += line.len();
+            let (slash, found) = registered_in_line(line)?;
+            (found == *wwid).then_some(start + slash)
+        })
 }
 
 /// The path of the wwids file below `root`.
@@ -236,6 +248,28 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&f.path).unwrap(),
             "# c\n/3600a/\n  #3600b/\n/3600c/\n"
+        );
+    }
+
+    /// Found by the wwids fuzz target's model of the file as bytes: a comment that is not
+    /// UTF-8 (an operator's Latin-1 note) made every add and remove fail, so no WWID could be
+    /// registered or removed again, while observe read the same file fine.
+    #[test]
+    fn a_line_that_is_not_utf8_does_not_stop_add_or_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = WwidsFile::new(wwids_path(dir.path()));
+        std::fs::create_dir_all(f.path.parent().unwrap()).unwrap();
+        std::fs::write(&f.path, b"# caf\xe9\n/3600a/\n").unwrap();
+        assert!(f.add(&wwid("3600b")).unwrap());
+        assert!(f.remove(&wwid("3600a")).unwrap());
+        assert_eq!(
+            std::fs::read(&f.path).unwrap(),
+            b"# caf\xe9\n#3600a/\n/3600b/\n"
+        );
+        let text = String::from_utf8_lossy(&std::fs::read(&f.path).unwrap()).into_owned();
+        assert_eq!(
+            crate::observe::sysfs::parse_registered_wwids(&text),
+            [wwid("3600b")].into()
         );
     }
 

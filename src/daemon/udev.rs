@@ -164,6 +164,24 @@ impl UdevEvent {
     }
 
     fn from_libudev(event: &udev::Event) -> UdevEvent {
+        UdevEvent::from_parts(
+            event.action(),
+            event.subsystem(),
+            event.sysname(),
+            event.devnum(),
+            |name| event.property_value(name),
+        )
+    }
+
+    /// The event made of what libudev read off the wire: its action, subsystem, kernel name,
+    /// `dev_t` and a lookup of its properties, of which only the kept ones are copied.
+    pub fn from_parts<'e>(
+        action: Option<&OsStr>,
+        subsystem: Option<&OsStr>,
+        sysname: &OsStr,
+        devnum: Option<nix::libc::dev_t>,
+        property: impl Fn(&str) -> Option<&'e OsStr>,
+    ) -> UdevEvent {
         fn owned(s: Option<&OsStr>) -> String {
             s.map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
@@ -171,16 +189,14 @@ impl UdevEvent {
         let properties = KEPT_PROPERTIES
             .iter()
             .filter_map(|&name| {
-                event
-                    .property_value(name)
-                    .map(|value| (name.to_string(), value.to_string_lossy().into_owned()))
+                property(name).map(|value| (name.to_string(), value.to_string_lossy().into_owned()))
             })
             .collect();
         UdevEvent {
-            action: owned(event.action()),
-            subsystem: owned(event.subsystem()),
-            sysname: event.sysname().to_string_lossy().into_owned(),
-            devnum: event.devnum().and_then(|dev| {
+            action: owned(action),
+            subsystem: owned(subsystem),
+            sysname: sysname.to_string_lossy().into_owned(),
+            devnum: devnum.and_then(|dev| {
                 let major = u32::try_from(nix::sys::stat::major(dev)).ok()?;
                 let minor = u32::try_from(nix::sys::stat::minor(dev)).ok()?;
                 Some((major, minor))

@@ -6,11 +6,11 @@ mod dirfd;
 pub mod fixture;
 mod model;
 pub mod names;
-mod sysfs;
+pub(crate) mod sysfs;
 mod wwid;
 
 pub use model::{
     BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState,
 };
-pub use sysfs::{observe, read_disk_sizes, sectors_to_bytes, ObserveError};
+pub use sysfs::{observe, read_disk_sizes, registered_in_line, sectors_to_bytes, ObserveError};
 pub use wwid::{Wwid, WwidError};

@@ -608,7 +608,7 @@ fn portal(connections: &DirFd, id: u32, buf: &mut [u8; ATTR_MAX]) -> Option<Sock
 /// An address as sysfs and open-iscsi print it: bare, IPv6 without brackets. A link-local
 /// zone (`%eth0`) cannot be carried by `SocketAddr` without the interface index, so such an
 /// address reads as unknown rather than as a different address.
-fn parse_ip(s: &str) -> Option<IpAddr> {
+pub fn parse_ip(s: &str) -> Option<IpAddr> {
     let s = s
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
@@ -845,7 +845,7 @@ fn kind(base: BorrowedFd<'_>, name: &str, d_type: DType) -> Option<SFlag> {
 
 /// `<addr>,<port>,<tpgt>` or the old `<addr>,<port>` (TPGT -1). Split from the right so that
 /// nothing in the address part is ever taken for a separator.
-fn parse_portal_name(name: &str) -> Option<(SocketAddr, i32)> {
+pub fn parse_portal_name(name: &str) -> Option<(SocketAddr, i32)> {
     let mut fields = name.rsplitn(3, ',');
     let last = fields.next()?;
     let middle = fields.next()?;
@@ -862,13 +862,26 @@ fn registered_wwids(root: &Path) -> Result<BTreeSet<Wwid>, ObserveError> {
     let Some(text) = top_level_file(&root.join("etc/multipath/wwids"))? else {
         return Ok(BTreeSet::new());
     };
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let inner = line.trim().strip_prefix('/')?.strip_suffix('/')?;
-            Wwid::from_str(inner).ok()
-        })
-        .collect())
+    Ok(parse_registered_wwids(&text))
+}
+
+/// The WWIDs of the `/<wwid>/` lines of a wwids file's text (see [`registered_wwids`]).
+pub fn parse_registered_wwids(text: &str) -> BTreeSet<Wwid> {
+    text.lines()
+        .filter_map(|line| Some(registered_in_line(line.as_bytes())?.1))
+        .collect()
+}
+
+/// The WWID a line of multipath's wwids file registers, and the offset of its leading `/`:
+/// `/<wwid>/` with blanks around it. Comments, entries commented out (`#<wwid>/`) and
+/// anything else, a line that is not UTF-8 too, register nothing. The one reading of a line
+/// for both observe and the editor ([`crate::act::wwids`]), so that what one sees registered
+/// the other can find and remove.
+pub fn registered_in_line(line: &[u8]) -> Option<(usize, Wwid)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let lead = line.len() - line.trim_start().len();
+    let inner = line.trim().strip_prefix('/')?.strip_suffix('/')?;
+    Some((lead, Wwid::from_str(inner).ok()?))
 }
 
 /// The `maj:min` (third) field of every mountinfo line.
@@ -876,10 +889,14 @@ fn mounted(root: &Path) -> Result<BTreeSet<DevNum>, ObserveError> {
     let Some(text) = top_level_file(&root.join("proc/self/mountinfo"))? else {
         return Ok(BTreeSet::new());
     };
-    Ok(text
-        .lines()
+    Ok(parse_mountinfo(&text))
+}
+
+/// The `maj:min` (third) field of every line of a mountinfo text.
+pub fn parse_mountinfo(text: &str) -> BTreeSet<DevNum> {
+    text.lines()
         .filter_map(|line| line.split_ascii_whitespace().nth(2)?.parse().ok())
-        .collect())
+        .collect()
 }
 
 /// Resolves the symlink `link` (which lies below `root`) one level, lexically, and keeps the
