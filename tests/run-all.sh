@@ -17,6 +17,9 @@ else
   cargo test
 fi
 
+echo "== fuzzing every parser of outside input (time-boxed)"
+bash tests/fuzz.sh
+
 echo "== the Debian package (build, lintian, contents)"
 bash tests/pkg.sh
 
