@@ -102,6 +102,9 @@ ln -sf /etc/systemd/system/lk-target.service "$mnt/etc/systemd/system/lunkeeper.
 ln -sf /etc/systemd/system/lk-check.service "$mnt/etc/systemd/system/multi-user.target.wants/"
 [[ -L $mnt/etc/systemd/system/multi-user.target.wants/lunkeeper.service ]] ||
   echo "boot.sh: warning: the package did not enable lunkeeper.service" >&2
+# lunkeeper's info lines (its "ready elapsed_ms=..." among them) in the journal, for the checks.
+mkdir -p "$mnt/etc/systemd/system/lunkeeper.service.d"
+printf '[Service]\nEnvironment=LUNKEEPER_LOG=info\n' >"$mnt/etc/systemd/system/lunkeeper.service.d/boot-test-log.conf"
 echo "InitiatorName=iqn.2026-12.test.lunkeeper:initiator" >"$mnt/etc/iscsi/initiatorname.iscsi"
 cat >"$mnt/etc/lunkeeper/volumes.toml" <<EOF
 # tests/boot: two multipath volumes on the LIO target lk-target.service sets up in this VM.

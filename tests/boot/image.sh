@@ -70,11 +70,39 @@ cleanup() {
 trap cleanup EXIT
 
 echo "image.sh: debootstrap $SUITE (minbase + $PACKAGES) from $MIRROR into $root" >&2
-if ! debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1; then
+# Two stages, so that the settings below are in place before any package is configured: dpkg
+# without fsync (the tree becomes an image file; a crash means a rebuild anyway), and one small
+# initramfs generated once, when the kernel is configured.
+if ! debootstrap --foreign --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1; then
   tail -n 30 "$log" >&2
-  echo "image.sh: debootstrap failed; full log in $log" >&2
+  echo "image.sh: debootstrap (first stage) failed; full log in $log" >&2
   exit 1
 fi
+t_download=$(date +%s)
+echo "image.sh: first stage (download, unpack) took $((t_download - t0))s" >&2
+mkdir -p "$root/etc/dpkg/dpkg.cfg.d" "$root/etc/initramfs-tools/conf.d"
+echo force-unsafe-io >"$root/etc/dpkg/dpkg.cfg.d/lunkeeper-boot-unsafe-io"
+# A small initramfs: the root is ext4 on virtio-blk, nothing else is needed to mount it.
+printf 'MODULES=list\nCOMPRESS=zstd\n' >"$root/etc/initramfs-tools/conf.d/lunkeeper-boot"
+# (A hook rather than /etc/initramfs-tools/modules, a conffile dpkg would ask about.)
+mkdir -p "$root/etc/initramfs-tools/hooks"
+cat >"$root/etc/initramfs-tools/hooks/lunkeeper-boot" <<'HOOK'
+#!/bin/sh
+[ "$1" = prereqs ] && exit 0
+. /usr/share/initramfs-tools/hook-functions
+force_load virtio_pci
+force_load virtio_blk
+force_load ext4
+HOOK
+chmod 0755 "$root/etc/initramfs-tools/hooks/lunkeeper-boot"
+for m in dev dev/pts proc sys; do mkdir -p "$root/$m"; done
+if ! chroot "$root" /debootstrap/debootstrap --second-stage >>"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "image.sh: debootstrap (second stage) failed; full log in $log" >&2
+  exit 1
+fi
+rm -f "$root/etc/dpkg/dpkg.cfg.d/lunkeeper-boot-unsafe-io"
+echo "image.sh: second stage (configure) took $(($(date +%s) - t_download))s" >&2
 
 # ---- configuration inside the image ----------------------------------------------------------
 echo lkboot >"$root/etc/hostname"
@@ -91,15 +119,6 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.
 done
 # Root without a password, for a look around on the serial console when debugging.
 chroot "$root" passwd -d root >>"$log" 2>&1
-# A small initramfs: the root is ext4 on virtio-blk, nothing else is needed to mount it.
-cat >"$root/etc/initramfs-tools/conf.d/lunkeeper-boot" <<'EOF'
-MODULES=list
-COMPRESS=zstd
-EOF
-printf 'virtio_pci\nvirtio_blk\next4\n' >>"$root/etc/initramfs-tools/modules"
-for m in dev dev/pts proc sys; do mount --bind "/$m" "$root/$m"; done
-chroot "$root" update-initramfs -u -k all >>"$log" 2>&1
-cleanup
 chroot "$root" apt-get clean >>"$log" 2>&1
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 

@@ -105,7 +105,7 @@ journalctl -b -o short-monotonic --no-pager >"$OUT.journal-at-start" 2>&1
 # "Started lunkeeper.service" come before "Reached target remote-fs-pre.target".
 ready_before_rfp() {
   local j=$OUT.journal-at-start l_ready l_started l_rfp
-  l_ready=$(grep -n 'lunkeeper\[[0-9]*\]: .*ready' "$j" | head -n 1 | cut -d: -f1)
+  l_ready=$(grep -n 'lunkeeper\[[0-9]*\]: .*: ready elapsed_ms=' "$j" | head -n 1 | cut -d: -f1)
   l_started=$(grep -n 'systemd\[1\]: Started lunkeeper.service' "$j" | head -n 1 | cut -d: -f1)
   l_rfp=$(grep -n 'systemd\[1\]: Reached target remote-fs-pre.target' "$j" | head -n 1 | cut -d: -f1)
   echo "journal lines: ready=${l_ready:-none} started=${l_started:-none} remote-fs-pre=${l_rfp:-none}"
@@ -115,7 +115,7 @@ check "boot $n: lunkeeper ready (journal) before remote-fs-pre.target reached" r
 # READY=1 is also sent after 60 s without the volumes; the "ready" must be the settled one.
 ready_settled() {
   local ms
-  ms=$(journalctl -b -u "$U" -o cat --no-pager | grep -m1 'ready' | sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p')
+  ms=$(journalctl -b -u "$U" -o cat --no-pager | grep -m1 ': ready elapsed_ms=' | sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p')
   echo "ready after ${ms:-?} ms"
   [[ -n $ms ]] && ((ms < 60000))
 }
