@@ -130,6 +130,22 @@ devices_before_rfp() {
   done
 }
 check "boot $n: /dev/lunkeeper/vol0 and vol1 appeared before remote-fs-pre.target" devices_before_rfp
+# The maps themselves (attached), from the journal: multipathd's "WWID: add map" or "WWID: load
+# table" line before "Reached target remote-fs-pre.target".
+maps_before_rfp() {
+  local j=$OUT.journal-at-start l_rfp v dm wwid l_map
+  l_rfp=$(grep -n 'systemd\[1\]: Reached target remote-fs-pre.target' "$j" | head -n 1 | cut -d: -f1)
+  [[ -n $l_rfp ]] || { echo "remote-fs-pre.target not reached"; return 1; }
+  for v in vol0 vol1; do
+    dm=$(basename "$(readlink -f "/dev/lunkeeper/$v")")
+    wwid=$(cat "/sys/block/$dm/dm/uuid") || return 1
+    wwid=${wwid#mpath-}
+    l_map=$(grep -n -E "multipathd\[[0-9]+\]: $wwid: (add map|load table)" "$j" | head -n 1 | cut -d: -f1)
+    echo "$v ($wwid): map line ${l_map:-none}, remote-fs-pre.target line $l_rfp"
+    [[ -n $l_map ]] && ((l_map < l_rfp)) || return 1
+  done
+}
+check "boot $n: the multipath maps of vol0 and vol1 were made (journal) before remote-fs-pre.target" maps_before_rfp
 mounted() {
   findmnt -n -o SOURCE,FSTYPE,OPTIONS "$MNT" || return 1
   [[ $(findmnt -n -o FSTYPE "$MNT") == ext4 ]] || return 1
