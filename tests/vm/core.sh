@@ -199,7 +199,8 @@ echo before >/run/lk-mnt/db/file
 sed -i '/^name = "db"$/a state = "absent"' "$CONF"
 lk_apply
 lk_check "i: apply refuses (non-zero exit)" test "$APPLY_RC" -ne 0
-lk_check "i: apply says the volume is in use" grep -Eq 'db .*blocked.*in use' "$APPLY_LOG"
+lk_check "i: apply says db is blocked" grep -Eq '^db +blocked' "$APPLY_LOG"
+lk_check "i: and why: in use" grep -Eq '^  reason: in use' "$APPLY_LOG"
 lk_check "i: map still has 2 slaves" lk_map_has_paths "$W300" 2
 lk_check "i: the mount still works" bash -c "echo after >>/run/lk-mnt/db/file && sync && grep -q after /run/lk-mnt/db/file && findmnt /run/lk-mnt/db"
 umount /run/lk-mnt/db
@@ -245,7 +246,8 @@ password_file = "$SECRETS/wrong"
 TOML
 lk_apply
 lk_check "g: wrong password makes apply fail" test "$APPLY_RC" -ne 0
-lk_check "g: the failure names the volume and authentication" grep -Eq 'bad-secret .*failed.*authentication' "$APPLY_LOG"
+lk_check "g: the failure names the volume" grep -Eq '^bad-secret +failed' "$APPLY_LOG"
+lk_check "g: and authentication" grep -Eq '^  reason: .*authentication' "$APPLY_LOG"
 lk_check_eq "g: no session to the CHAP target left" "" "$(lk_sessions "$CHAP1")"
 lk_check "g: no node record for the CHAP target left" test ! -e "/etc/iscsi/nodes/$CHAP1"
 lk_check "g: the wrong secret is not in the output" not_in_file not-the-password "$APPLY_LOG"

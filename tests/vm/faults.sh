@@ -24,7 +24,10 @@ ROW=none
 ROWNUM=0
 DPID=""
 # What lunkeeper may never do while a volume is meant to stay: the log names of those actions.
-DESTRUCTIVE='action=(flush multipath map|delete SCSI device|log out of|remove path|unregister WWID|drop the name mapping|delete node record|disable queueing|forget volume)'
+DESTRUCTIVE='step\{action=(flush_map|delete_device|logout|del_path|unregister_wwid|unname_device|delete_node|disable_queueing|disown_volume)\}'
+# A step that finished (the engine logs each at info with its result; bookkeeping and steps that
+# found nothing to do are logged at debug).
+STEP_DONE='step\{action=[a-z_]+\}: .* result=(changed|already)'
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -54,7 +57,7 @@ apply_killed_after() {
   pid=$!
   KILLED=0
   while kill -0 "$pid" 2>/dev/null; do
-    done_n=$(grep -c ': done action=' "$KILL_LOG" || true)
+    done_n=$(grep -cE "$STEP_DONE" "$KILL_LOG" || true)
     if ((done_n >= k)); then
       kill -9 "$pid" 2>/dev/null && KILLED=1
       break
@@ -63,12 +66,12 @@ apply_killed_after() {
   done
   wait "$pid" 2>/dev/null || rc=$?
   ((rc == 137)) || KILLED=0
-  KILLED_AT=$(grep -c ': done action=' "$KILL_LOG" || true)
-  lk_log "apply #$N: kill point $k: $([[ $KILLED == 1 ]] && echo "killed -9 after $KILLED_AT steps; last: $(grep ': done action=' "$KILL_LOG" | tail -n 1 | sed 's/.*done action=//')" || echo "exited $rc by itself after $KILLED_AT steps")"
+  KILLED_AT=$(grep -cE "$STEP_DONE" "$KILL_LOG" || true)
+  lk_log "apply #$N: kill point $k: $([[ $KILLED == 1 ]] && echo "killed -9 after $KILLED_AT steps; last: $(grep -E "$STEP_DONE" "$KILL_LOG" | tail -n 1 | sed 's/.*step{action=//; s/}.*//')" || echo "exited $rc by itself after $KILLED_AT steps")"
 }
 
 # steps_in LOG: finished steps in an apply log.
-steps_in() { grep -c ': done action=' "$1" || true; }
+steps_in() { grep -cE "$STEP_DONE" "$1" || true; }
 
 # no_destructive LOG...: none of the logs shows a finished or failed destructive action.
 no_destructive() {
@@ -602,7 +605,7 @@ row_g_portal_blackholed() {
 import datetime, re, sys, time
 log, t0, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for line in open(log):
-    m = re.match(r"(\S+Z) .*failed action=log in to " + re.escape(what), line)
+    m = re.match(r"(\S+Z) .*step\{action=login\}: .*log in to " + re.escape(what) + r".* result=failed", line)
     if m:
         t = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() * 1000
         if t >= t0:
@@ -848,7 +851,7 @@ row_f_stack_daemons_killed() {
     LUNKEEPER_LOG=info "$LK" --config "$CONF" apply --timeout 240 >"$log" 2>&1 &
     pid=$!
     # Kill once the attach is under way (3 steps done: records made, logins starting).
-    lk_wait_for 60 bash -c "[ \$(grep -c ': done action=' '$log') -ge 3 ]" || true
+    lk_wait_for 60 bash -c "[ \$(grep -cE '$STEP_DONE' '$log') -ge 3 ]" || true
     local victims
     victims=$(pgrep -x "$proc" | tr '\n' ' ')
     [[ $victim == udevd ]] && victims=$(pgrep -o -x "$proc")
