@@ -181,9 +181,6 @@ pub(super) fn hold_identities(planner: &mut Planner<'_>, desired: &Desired, want
 
 pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
     for (key, want) in &wanted.sessions {
-        if want.volumes.iter().all(|v| planner.kept.contains(v)) {
-            continue;
-        }
         let exists = planner.sessions(key).next().is_some();
         let actions = if !exists {
             let login = Action::Login {

@@ -339,29 +339,15 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
     }
 }
 
-/// WWIDs lunkeeper registered that no owned volume and no present volume's LUN carries.
-pub(super) fn plan_wwids(planner: &mut Planner<'_>, desired: &Desired) {
+/// WWIDs lunkeeper registered that no owned volume and no present volume holds.
+pub(super) fn plan_wwids(planner: &mut Planner<'_>) {
     let observed = planner.observed;
+    // Held WWIDs cover every present volume's: recorded, or shown by its LUN.
     let in_use: BTreeSet<&Wwid> = planner
         .owned
         .volumes
         .values()
         .filter_map(|v: &OwnedVolume| v.wwid.as_ref())
-        .chain(
-            desired
-                .volumes
-                .iter()
-                .filter(|v| v.state == VolumeState::Present)
-                .flat_map(|v| {
-                    planner
-                        .sessions_of(v.target.as_str())
-                        .into_iter()
-                        .flat_map(move |s| {
-                            s.devices.iter().filter(move |d| v.lun.matches(d.hctl.lun))
-                        })
-                })
-                .filter_map(|d| d.wwid.as_ref()),
-        )
         .chain(planner.held.keys())
         .collect();
     let mut actions = Vec::new();

@@ -72,8 +72,8 @@ pub struct Memory {
     /// Volumes whose attach met an error retrying cannot fix (a CHAP secret the target
     /// refuses). One that has never been usable is rolled back: planned as absent, which takes
     /// down only what lunkeeper created for it. One that has been usable, or that lunkeeper
-    /// found attached, keeps everything it has and gets no action until the file changes: an
-    /// error never detaches.
+    /// found attached, is planned as usual: an error never detaches it (the engine retries its
+    /// failing step with backoff and never lists it here).
     pub failed: BTreeSet<String>,
     /// Devices on sessions that came back after a failure: the LUN behind them may have been
     /// swapped on the array meanwhile, and the kernel keeps reporting the identity it read
@@ -83,7 +83,6 @@ pub struct Memory {
 
 /// Plans with what the engine remembers (see [`Memory`]).
 pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: &Memory) -> Plan {
-    let mut kept = BTreeSet::new();
     let mut rolled_back = Vec::new();
     for name in &memory.failed {
         let Some(v) = desired.volume(name) else {
@@ -92,11 +91,12 @@ pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: 
         if v.state != VolumeState::Present {
             continue;
         }
-        match owned.volumes.get(name) {
-            Some(r) if r.attached || r.adopted => {
-                kept.insert(name.clone());
-            }
-            _ => rolled_back.push(name.as_str()),
+        let was_usable = owned
+            .volumes
+            .get(name)
+            .is_some_and(|r| r.attached || r.adopted);
+        if !was_usable {
+            rolled_back.push(name.as_str());
         }
     }
     let effective;
@@ -133,7 +133,6 @@ pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: 
         by_key,
         by_target,
         maps_by_wwid,
-        kept,
         recovered: &memory.recovered,
         held: BTreeMap::new(),
         present_keys: BTreeSet::new(),
@@ -152,18 +151,13 @@ pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: 
             continue;
         }
         attach::plan_volume(&mut planner, volume);
-        if planner.kept.contains(name) {
-            // It keeps what it has: its verdict is reported, nothing is done for it.
-            let subject = Subject::Volume(name.to_string());
-            planner.plan.lanes.retain(|l| l.subject != subject);
-        }
     }
     for (name, reason) in &wanted.blocked {
         planner.verdict(name, Verdict::Blocked(reason.clone()));
     }
     detach::plan_volumes(&mut planner, desired);
     detach::plan_sessions(&mut planner, &wanted);
-    detach::plan_wwids(&mut planner, desired);
+    detach::plan_wwids(&mut planner);
     detach::plan_names(&mut planner);
     planner.plan.lanes.retain(|l| !l.actions.is_empty());
     planner.plan
@@ -179,8 +173,6 @@ struct Planner<'a> {
     by_key: HashMap<(&'a str, SocketAddr), Vec<&'a Session>>,
     by_target: HashMap<&'a str, Vec<&'a Session>>,
     maps_by_wwid: HashMap<&'a Wwid, &'a Map>,
-    /// Volumes that keep what they have and get no action (see [`plan_with`]).
-    kept: BTreeSet<String>,
     /// Devices whose identity must be read again before it is trusted.
     recovered: &'a BTreeSet<Hctl>,
     /// WWIDs that present volumes hold (seen on their paths or recorded), and by whom: never
