@@ -72,8 +72,6 @@ pub struct Engine<H: Host + 'static> {
     /// Every action done, in order: kept for `apply`, which reports them; the daemon runs for
     /// months and keeps only the counters.
     executed: Option<Vec<Executed>>,
-    /// Actions done (that changed something) by kind, for the daemon's life.
-    changed: BTreeMap<&'static str, u64>,
     /// Every action by kind and result, with durations, for the daemon's metrics.
     stats: ActionStats,
 }
@@ -94,7 +92,6 @@ impl<H: Host + 'static> Engine<H> {
             running: BTreeSet::new(),
             tasks: JoinSet::new(),
             executed: Some(Vec::new()),
-            changed: BTreeMap::new(),
             stats: ActionStats::default(),
         })
     }
@@ -103,11 +100,6 @@ impl<H: Host + 'static> Engine<H> {
     pub fn without_log(mut self) -> Self {
         self.executed = None;
         self
-    }
-
-    /// Actions that changed something, by kind, since the engine started.
-    pub fn changed_counts(&self) -> &BTreeMap<&'static str, u64> {
-        &self.changed
     }
 
     /// Every action run since the engine started, by kind and result, with durations.
@@ -265,9 +257,6 @@ impl<H: Host + 'static> Engine<H> {
             }
             self.holds.succeeded(action, &self.policy);
             let changed = *outcome == Outcome::Changed;
-            if changed {
-                *self.changed.entry(action.kind()).or_default() += 1;
-            }
             if let Some(executed) = &mut self.executed {
                 executed.push(Executed {
                     subject: done.lane.subject.clone(),
