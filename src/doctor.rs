@@ -14,12 +14,7 @@ use crate::act::command;
 use crate::act::preflight::{self, Missing};
 use crate::desired::Desired;
 
-/// Where the udev rule that makes /dev/lunkeeper/<name> may be installed, below the root.
-pub const RULE_PLACES: [&str; 3] = [
-    "etc/udev/rules.d/90-lunkeeper.rules",
-    "usr/lib/udev/rules.d/90-lunkeeper.rules",
-    "lib/udev/rules.d/90-lunkeeper.rules",
-];
+pub use crate::observe::names::RULE_PLACES;
 /// open-iscsi's node databases, below the root.
 const NODE_DIRS: [&str; 2] = ["etc/iscsi/nodes", "var/lib/iscsi/nodes"];
 
@@ -205,7 +200,7 @@ pub fn file_checks(root: &Path, wants: Option<&Wants>) -> Vec<Finding> {
         )),
     }
     out.push(initiator_name(root));
-    out.push(match RULE_PLACES.iter().find(|p| root.join(p).is_file()) {
+    out.push(match crate::observe::names::installed_rule(root) {
         Some(p) => Finding::ok(format!("udev rule /{p} is installed")),
         None => Finding::problem(
             "the udev rule 90-lunkeeper.rules is not installed: /dev/lunkeeper/<name> will \

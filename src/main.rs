@@ -530,6 +530,7 @@ fn daemon_status(runtime_dir: &Path, json: bool, wide: bool) -> ExitCode {
         &Status {
             schema: status.schema,
             volumes: status.volumes,
+            awaiting_link: Vec::new(),
         },
         false,
         wide,

@@ -46,6 +46,14 @@ pub struct SimWorld {
     pub missing: Vec<super::Missing>,
     /// How many times preflight was asked.
     pub preflights: u32,
+    /// udev with lunkeeper's rule installed: None, no rule (observations carry no links);
+    /// Some(n), each /dev/lunkeeper/<name> appears n observations after its mapping and its
+    /// device are there, as udev's "change" event for the mapping lags behind the device's.
+    pub udev_rule: Option<u32>,
+    /// The links udev has made: volume name → kernel name of its device.
+    pub links: BTreeMap<String, String>,
+    /// Links on their way: (volume, device) → observations left.
+    link_lag: BTreeMap<(String, String), u32>,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
@@ -137,6 +145,47 @@ impl SimHost {
 }
 
 impl SimWorld {
+    /// One observation's worth of udev: the links the mappings ask for, `lag` observations
+    /// after they first could be made; a link whose mapping or device went is removed.
+    fn udev_links(&mut self, lag: u32) {
+        let observed = &self.observed;
+        let wanted: BTreeMap<String, String> = observed
+            .names
+            .iter()
+            .filter_map(|(key, volume)| {
+                let device = if let Some(w) = key.strip_prefix("mpath-") {
+                    let m = observed.maps.iter().find(|m| m.wwid.as_str() == w)?;
+                    m.dev.name.clone()
+                } else {
+                    let w = key.strip_prefix("sd-")?;
+                    observed
+                        .sessions
+                        .iter()
+                        .flat_map(|s| &s.devices)
+                        .filter(|d| d.wwid.as_ref().is_some_and(|x| x.as_str() == w))
+                        .find_map(|d| d.disk.as_ref())?
+                        .name
+                        .clone()
+                };
+                Some((volume.clone(), device))
+            })
+            .collect();
+        self.links.retain(|v, d| wanted.get(v) == Some(d));
+        self.link_lag.retain(|(v, d), _| wanted.get(v) == Some(d));
+        for (volume, device) in wanted {
+            if self.links.get(&volume) == Some(&device) {
+                continue;
+            }
+            let key = (volume.clone(), device.clone());
+            let left = self.link_lag.entry(key).or_insert(lag);
+            if *left == 0 {
+                self.links.insert(volume, device);
+            } else {
+                *left -= 1;
+            }
+        }
+    }
+
     fn session_mut(&mut self, target: &str, portal: SocketAddr) -> Option<&mut Session> {
         self.observed
             .sessions
@@ -617,7 +666,11 @@ impl Host for SimHost {
         }
         world.add_path_lag = lag;
         world.set_holders();
+        if let Some(lag) = world.udev_rule {
+            world.udev_links(lag);
+        }
         let mut observed = world.observed.clone();
+        observed.links = world.udev_rule.map(|_| world.links.clone());
         let disks = observed
             .sessions
             .iter()

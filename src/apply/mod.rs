@@ -153,7 +153,15 @@ pub async fn apply<H: Host + 'static>(
         let earliest = Instant::now() + started.elapsed();
         let waiting = pass.waiting(engine.failed());
         let timed_out = Instant::now() >= deadline;
-        if (pass.started == 0 && !engine.is_running() && !waiting) || timed_out {
+        let settled = pass.started == 0 && !engine.is_running() && !waiting;
+        // Where lunkeeper's udev rule is installed, done also means udev has made every usable
+        // volume's /dev/lunkeeper link (what a mount after `apply` opens): it comes a moment
+        // after the device.
+        let linking = (settled || timed_out)
+            && !crate::status::Status::build(desired, &pass.observed, &engine.results(&pass.plan))
+                .awaiting_link
+                .is_empty();
+        if (settled && !linking) || timed_out {
             if timed_out {
                 // Killing the children of unfinished lanes; what they did is re-planned next time.
                 engine.abandon().await;
@@ -165,9 +173,10 @@ pub async fn apply<H: Host + 'static>(
                 "apply finished"
             );
             let volumes = engine.results(&pass.plan);
-            let converged = volumes
-                .values()
-                .all(|v| v.verdict.is_settled() && !v.failed);
+            let converged = !linking
+                && volumes
+                    .values()
+                    .all(|v| v.verdict.is_settled() && !v.failed);
             return Ok(Report {
                 converged,
                 volumes,

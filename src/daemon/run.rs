@@ -16,7 +16,7 @@ use super::iscsi_events::{IscsiEvents, IscsiEventsError};
 use super::udev::{relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
 use crate::act::{preflight, Host, Missing};
-use crate::apply::{Engine, RetryPolicy};
+use crate::apply::{Engine, Pass, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
 use crate::files::write_atomic;
 use crate::lock::{self, HeldLock, LockError};
@@ -159,6 +159,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut resync = resync_timer(config.desired.as_ref());
     let started = Instant::now();
     let mut ready_sent = false;
+    let mut awaiting_link: Vec<String> = Vec::new();
     let mut dirty = true;
     let mut wake_at: Option<Instant> = None;
     let mut last_status: Option<DaemonStatus> = None;
@@ -187,14 +188,20 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 Some(desired) => match engine.pass(desired).await {
                     Ok(pass) => {
                         telemetry.last_pass = Some(std::time::SystemTime::now());
-                        let results = engine.results(&pass.plan);
-                        let status = Status::build(desired, &pass.observed, &results);
-                        publish(&opts, &config, status.volumes, None, &mut last_status);
+                        let judged = judge(&engine, desired, &pass);
+                        awaiting_link = judged.status.awaiting_link;
+                        publish(
+                            &opts,
+                            &config,
+                            judged.status.volumes,
+                            None,
+                            &mut last_status,
+                        );
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
-                        let waiting = pass.waiting(engine.failed());
                         let every = if following { FOLLOW_UP_POLL } else { opts.poll };
-                        wake_at = next_wake(waiting || following, every, engine.next_release());
-                        pass.started == 0 && !engine.is_running() && !waiting
+                        wake_at =
+                            next_wake(judged.waiting || following, every, engine.next_release());
+                        judged.settled
                     }
                     Err(e) => {
                         error!(error = %e, "cannot observe the host; trying again");
@@ -223,7 +230,15 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             if !ready_sent && (settled || started.elapsed() >= opts.ready_deadline) {
                 ready_sent = true;
                 notify(&[NotifyState::Ready]);
-                info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                if settled || awaiting_link.is_empty() {
+                    info!(elapsed_ms, "ready");
+                } else {
+                    // A mount of these from /etc/fstab will fail: udev never made the link
+                    // (rule not loaded, udevd busy or stopped, a rule of the host's own that
+                    // takes the name).
+                    warn!(elapsed_ms, awaiting_link = ?awaiting_link, "ready at the deadline; no /dev/lunkeeper link yet for some volumes");
+                }
             }
         }
 
@@ -294,6 +309,32 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
         }
     }
     Ok(())
+}
+
+/// How a pass left things.
+#[derive(Debug)]
+struct Judged {
+    status: Status,
+    /// Some volume is on its way, or usable but without its /dev/lunkeeper link yet: look
+    /// again soon (the link's udev event usually comes first).
+    waiting: bool,
+    /// Nothing started, nothing running, nothing on its way, every usable volume's link made
+    /// (where the udev rule is installed): the first READY=1 may go. A mount of
+    /// /dev/lunkeeper/NAME ordered after lunkeeper (remote-fs-pre.target) needs the link,
+    /// which udev makes a moment after the map.
+    settled: bool,
+}
+
+fn judge<H: Host + 'static>(engine: &Engine<H>, desired: &Desired, pass: &Pass) -> Judged {
+    let results = engine.results(&pass.plan);
+    let status = Status::build(desired, &pass.observed, &results);
+    let waiting = pass.waiting(engine.failed()) || !status.awaiting_link.is_empty();
+    let settled = pass.started == 0 && !engine.is_running() && !waiting;
+    Judged {
+        status,
+        waiting,
+        settled,
+    }
 }
 
 /// What the metrics count besides the engine's actions.
@@ -803,6 +844,88 @@ mod tests {
             .check(&sim, &d)
             .await
             .is_some_and(|w| w.contains("udevd")));
+    }
+
+    /// Runs daemon passes on the simulated host until the first that may send READY=1; the
+    /// status of each pass.
+    async fn passes_until_settled(sim: &Rc<SimHost>, d: &Desired) -> Vec<Status> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::new(Rc::clone(sim), OwnedStore::new(dir.path()), retry())
+            .unwrap()
+            .without_log();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut seen = Vec::new();
+                for _ in 0..100 {
+                    let pass = engine.pass(d).await.unwrap();
+                    let judged = judge(&engine, d, &pass);
+                    let mut status = judged.status;
+                    if judged.settled {
+                        assert!(!judged.waiting);
+                        seen.push(status);
+                        return seen;
+                    }
+                    assert!(
+                        judged.waiting || engine.is_running() || pass.started > 0,
+                        "not settled, so it must look again: {status:?}"
+                    );
+                    while engine.finish_one().await.unwrap() {}
+                    // As the loop does: look again after the poll, or when a hold ends.
+                    let poll =
+                        DaemonOptions::new(PathBuf::new(), PathBuf::new(), PathBuf::new()).poll;
+                    if let Some(at) = next_wake(true, poll, engine.next_release()) {
+                        sleep_until(at).await;
+                    }
+                    status.awaiting_link.sort();
+                    seen.push(status);
+                }
+                panic!("never settled: {:?}", seen.last());
+            })
+            .await
+    }
+
+    /// The first READY=1 waits for udev's /dev/lunkeeper links where the rule is installed
+    /// (a `_netdev` mount of one is ordered after lunkeeper), and not where it is not.
+    #[tokio::test(start_paused = true)]
+    async fn ready_waits_for_the_udev_links_only_where_the_rule_is_installed() {
+        let d = desired(vec![
+            volume("db", TARGET_A, &[P1, P2], 0),
+            volume("logs", TARGET_A, &[P1, P2], 1),
+        ]);
+
+        let without = Rc::new(network());
+        let plain = passes_until_settled(&without, &d).await;
+        let last = plain.last().unwrap();
+        assert!(last.as_wanted(), "{last:?}");
+        assert!(plain.iter().all(|s| s.awaiting_link.is_empty()));
+
+        let with = Rc::new(network());
+        with.lock().udev_rule = Some(4);
+        let linked = passes_until_settled(&with, &d).await;
+        let last = linked.last().unwrap();
+        assert!(last.as_wanted(), "{last:?}");
+        assert!(last.awaiting_link.is_empty());
+        assert!(
+            linked.len() > plain.len(),
+            "settled only after the links: {} passes, {} without the rule",
+            linked.len(),
+            plain.len()
+        );
+        // Before it settled, some pass had both maps but not yet the links: pending then.
+        let waited = linked
+            .iter()
+            .find(|s| s.awaiting_link.len() == 2)
+            .expect("a pass with the maps but no links");
+        for v in &waited.volumes {
+            assert_eq!(v.state, "pending", "{v:?}");
+            assert!(v.device.is_some() && v.stable_name.is_none(), "{v:?}");
+        }
+        let links = with.lock().links.clone();
+        for (name, device) in [("db", 0), ("logs", 1)] {
+            let map = with.snapshot().maps[device].dev.name.clone();
+            assert_eq!(links.get(name), Some(&map), "{links:?}");
+        }
     }
 
     #[test]

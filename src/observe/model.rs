@@ -23,6 +23,10 @@ pub struct Observed {
     pub resolved: BTreeMap<String, SocketAddr>,
     /// lunkeeper's udev name mappings, key (`mpath-<wwid>`, `sd-<wwid>`) → volume name.
     pub names: BTreeMap<String, String>,
+    /// `/dev/lunkeeper/<name>` as udev made them: volume name → kernel name of the device the
+    /// link points at (`dm-3`, `sdc`). None when lunkeeper's udev rule is not installed (no
+    /// link will come, so nothing waits for one).
+    pub links: Option<BTreeMap<String, String>>,
     /// Sizes in bytes of the disks (`sdX`) of single-path volumes, by kernel name. Read by the
     /// caller that knows which disks those are: a host with thousands of paths does not read
     /// every disk's `size` on every look. (A map's size is in [`Map::size_bytes`].)

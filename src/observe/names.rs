@@ -1,7 +1,7 @@
 //! lunkeeper's own udev name mappings: `/run/lunkeeper/udev/<key>` holding
 //! `LUNKEEPER_VOLUME=<name>`, which `rules/90-lunkeeper.rules` turns into
 //! `/dev/lunkeeper/<name>`. Keys are `mpath-<wwid>` (a map's DM_UUID) or `sd-<wwid>` (a disk's
-//! ID_SERIAL).
+//! ID_SERIAL). And the links themselves, as udev made them ([`read_links`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -11,6 +11,42 @@ use super::dirfd::{self, DirFd, AT_FDCWD};
 
 /// Where the mappings live below the root.
 pub const NAMES_DIR: &str = "run/lunkeeper/udev";
+/// Where udev makes the links, below the root.
+pub const LINKS_DIR: &str = "dev/lunkeeper";
+/// Where the udev rule that makes /dev/lunkeeper/<name> may be installed, below the root.
+pub const RULE_PLACES: [&str; 3] = [
+    "etc/udev/rules.d/90-lunkeeper.rules",
+    "usr/lib/udev/rules.d/90-lunkeeper.rules",
+    "lib/udev/rules.d/90-lunkeeper.rules",
+];
+
+/// The installed udev rule below `root`, if any (the first of [`RULE_PLACES`] that is a file).
+pub fn installed_rule(root: &Path) -> Option<&'static str> {
+    RULE_PLACES.iter().copied().find(|p| root.join(p).is_file())
+}
+
+/// `/dev/lunkeeper/<name>` → the kernel name of the device each link points at (`dm-3`,
+/// `sdc`), or None when lunkeeper's udev rule is not installed: then no link is coming, and
+/// nothing should wait for one. A missing directory (no link yet) is an empty map; an entry
+/// that is not a symlink is left out.
+pub fn read_links(root: &Path) -> Option<BTreeMap<String, String>> {
+    installed_rule(root)?;
+    let Ok(entries) = std::fs::read_dir(root.join(LINKS_DIR)) else {
+        return Some(BTreeMap::new());
+    };
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                // udev links relatively (`../dm-3`); the device is the last component.
+                let target = std::fs::read_link(e.path()).ok()?;
+                let device = target.file_name()?.to_str()?.to_string();
+                Some((name, device))
+            })
+            .collect(),
+    )
+}
 
 /// Key → volume name. A missing directory is an empty map; an unreadable file is skipped (it
 /// will be rewritten). A host has one file per volume, so each is read by its name in the
@@ -64,5 +100,28 @@ mod tests {
             ]
         );
         assert!(read_names(&dir.path().join("nowhere")).is_empty());
+    }
+
+    #[test]
+    fn links_are_read_only_where_the_rule_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let links = root.join(LINKS_DIR);
+        std::fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink("../dm-3", links.join("db")).unwrap();
+        assert_eq!(read_links(root), None, "no rule: no link is coming");
+
+        let rule = root.join(RULE_PLACES[1]);
+        std::fs::create_dir_all(rule.parent().unwrap()).unwrap();
+        std::fs::write(&rule, "# rule\n").unwrap();
+        assert_eq!(installed_rule(root), Some(RULE_PLACES[1]));
+        std::os::unix::fs::symlink("/dev/sdc", links.join("logs")).unwrap();
+        std::fs::write(links.join("junk"), "").unwrap();
+        assert_eq!(
+            read_links(root).unwrap().into_iter().collect::<Vec<_>>(),
+            vec![("db".into(), "dm-3".into()), ("logs".into(), "sdc".into())]
+        );
+        std::fs::remove_dir_all(&links).unwrap();
+        assert_eq!(read_links(root), Some(BTreeMap::new()), "rule, no link yet");
     }
 }

@@ -91,6 +91,7 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
         registered_wwids: registered_wwids(root)?,
         mounted: mounted(root)?,
         names: super::names::read_names(root),
+        links: super::names::read_links(root),
         ..Observed::default()
     })
 }

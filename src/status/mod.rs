@@ -47,6 +47,12 @@ pub struct Status {
     #[serde(default = "schema")]
     pub schema: u32,
     pub volumes: Vec<VolumeStatus>,
+    /// Usable volumes (ready or degraded by their verdict) whose `/dev/lunkeeper/<name>` udev
+    /// has not made yet, or not for their current device. Only where lunkeeper's udev rule is
+    /// installed: elsewhere no link is coming and nothing waits for one. A volume ready but
+    /// for its link shows as pending. Not part of the JSON document.
+    #[serde(skip)]
+    pub awaiting_link: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,14 +91,22 @@ impl Status {
         observed: &Observed,
         results: &BTreeMap<String, VolumeResult>,
     ) -> Status {
+        let mut awaiting_link = Vec::new();
         let volumes = desired
             .volumes
             .iter()
-            .map(|v| volume_status(v, observed, results.get(v.name.as_str())))
+            .map(|v| {
+                let (status, linked) = volume_status(v, observed, results.get(v.name.as_str()));
+                if !linked {
+                    awaiting_link.push(v.name.to_string());
+                }
+                status
+            })
             .collect();
         Status {
             schema: SCHEMA,
             volumes,
+            awaiting_link,
         }
     }
 
@@ -129,11 +143,13 @@ pub fn summarize(volumes: &[VolumeStatus]) -> String {
     )
 }
 
+/// The volume's status, and false when it is usable but waits for udev to make its
+/// `/dev/lunkeeper/<name>` (see [`Status::awaiting_link`]).
 fn volume_status(
     volume: &Volume,
     observed: &Observed,
     result: Option<&VolumeResult>,
-) -> VolumeStatus {
+) -> (VolumeStatus, bool) {
     let paths: Vec<PathStatus> = volume
         .portals
         .iter()
@@ -169,24 +185,37 @@ fn volume_status(
         .flat_map(|s| s.devices.iter())
         .filter(|d| volume.lun.matches(d.hctl.lun))
         .find_map(|d| d.wwid.clone());
-    let (device, size_bytes) = if volume.state == VolumeState::Absent {
-        (None, None)
+    // What a user opens, its size, and its kernel name (what /dev/lunkeeper/<name> points at).
+    let (device, size_bytes, kernel) = if volume.state == VolumeState::Absent {
+        (None, None, None)
     } else if volume.multipath {
         wwid.as_ref()
             .and_then(|w| observed.maps.iter().find(|m| &m.wwid == w))
             .filter(|m| m.dev.node_present)
-            .map(|m| (Some(format!("/dev/mapper/{}", m.name)), m.size_bytes))
+            .map(|m| {
+                let device = format!("/dev/mapper/{}", m.name);
+                (Some(device), m.size_bytes, Some(m.dev.name.as_str()))
+            })
             .unwrap_or_default()
     } else {
         paths
             .iter()
             .filter(|p| p.state == "active")
-            .find_map(|p| p.device.as_ref())
+            .find_map(|p| p.device.as_deref())
             .map(|d| {
                 let size = observed.disk_sizes.get(d).copied();
-                (Some(format!("/dev/{d}")), size)
+                (Some(format!("/dev/{d}")), size, Some(d))
             })
             .unwrap_or_default()
+    };
+    // udev makes the link a moment after the device (the mapping's "change" event, after the
+    // map's own): until then a mount of /dev/lunkeeper/<name> fails, so the volume is not
+    // ready. Where the rule is not installed, the link is no part of readiness.
+    let linked = match &observed.links {
+        None => true,
+        Some(links) => {
+            kernel.is_some() && links.get(volume.name.as_str()).map(String::as_str) == kernel
+        }
     };
     // The mapping lunkeeper writes for this volume's device; the udev rule turns it into
     // /dev/lunkeeper/<name>.
@@ -224,8 +253,16 @@ fn volume_status(
     } else {
         (None, None)
     };
-    let stable_name = (usable && mapped).then(|| format!("/dev/lunkeeper/{}", volume.name));
-    VolumeStatus {
+    let awaiting_link = usable && !linked;
+    let (state, reason) = if awaiting_link && state == "ready" {
+        let why = format!("waiting for udev to make /dev/lunkeeper/{}", volume.name);
+        ("pending", Some(why))
+    } else {
+        (state, reason)
+    };
+    let stable_name =
+        (usable && mapped && linked).then(|| format!("/dev/lunkeeper/{}", volume.name));
+    let status = VolumeStatus {
         name: volume.name.to_string(),
         state: state.to_string(),
         stable_name,
@@ -234,7 +271,8 @@ fn volume_status(
         wwid,
         paths,
         reason,
-    }
+    };
+    (status, !awaiting_link)
 }
 
 #[cfg(test)]
@@ -284,6 +322,65 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["schema"], SCHEMA);
         assert_eq!(json["volumes"][0]["stable_name"], "/dev/lunkeeper/db");
+    }
+
+    /// Where the udev rule is installed, `apply` is done once udev has made the links, and a
+    /// volume whose link is missing or points elsewhere is pending, without its stable name.
+    #[tokio::test(start_paused = true)]
+    async fn with_the_udev_rule_a_volume_is_ready_once_its_link_points_at_its_device() {
+        let sim = Rc::new(network());
+        sim.lock().udev_rule = Some(3);
+        let mut single = volume("logs", TARGET_A, &[P1], 1);
+        single.multipath = false;
+        let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0), single]);
+        let status = converge(&sim, &d).await;
+        assert!(status.as_wanted(), "{status:?}");
+        assert!(status.awaiting_link.is_empty());
+        let links = sim.lock().links.clone();
+        let map = sim.snapshot().maps[0].dev.name.clone();
+        assert_eq!(links.get("db"), Some(&map), "{links:?}");
+        assert!(links.get("logs").is_some_and(|d| d.starts_with("sd")));
+
+        // The same host seen with db's link gone, then pointing at another device.
+        let mut observed = sim.snapshot();
+        let mut seen = links.clone();
+        seen.remove("db");
+        observed.links = Some(seen.clone());
+        let results = ready_results(&d);
+        let s = Status::build(&d, &observed, &results);
+        assert_eq!(s.awaiting_link, vec!["db".to_string()]);
+        assert_eq!(s.volumes[0].state, "pending");
+        assert_eq!(
+            s.volumes[0].reason.as_deref(),
+            Some("waiting for udev to make /dev/lunkeeper/db")
+        );
+        assert_eq!(s.volumes[0].stable_name, None);
+        assert!(s.volumes[0].device.is_some(), "the map itself is shown");
+        assert_eq!(s.volumes[1].state, "ready");
+        seen.insert("db".into(), "dm-99".into());
+        observed.links = Some(seen);
+        let s = Status::build(&d, &observed, &results);
+        assert_eq!(s.awaiting_link, vec!["db".to_string()]);
+
+        // Without the rule no link is coming, and none is waited for.
+        observed.links = None;
+        let s = Status::build(&d, &observed, &results);
+        assert!(s.awaiting_link.is_empty());
+        assert!(s.as_wanted(), "{s:?}");
+    }
+
+    fn ready_results(d: &Desired) -> BTreeMap<String, VolumeResult> {
+        d.volumes
+            .iter()
+            .map(|v| {
+                let r = VolumeResult {
+                    verdict: Verdict::Ready,
+                    error: None,
+                    failed: false,
+                };
+                (v.name.to_string(), r)
+            })
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,8 +9,9 @@
 #   tests/boot/image.sh [--force]
 #
 # The image: debootstrap --variant=minbase plus systemd (PID 1), udev, dbus, open-iscsi,
-# multipath-tools, e2fsprogs, python3, kmod, iproute2 and the Debian kernel, whose modules
-# include iscsi_tcp, dm_multipath and the LIO target (target_core_mod, iscsi_target_mod,
+# multipath-tools, e2fsprogs, python3, kmod, iproute2, prometheus-node-exporter (its textfile
+# collector reads lunkeeper's metrics file) and the Debian kernel, whose modules include
+# iscsi_tcp, dm_multipath and the LIO target (target_core_mod, iscsi_target_mod,
 # target_core_file). No recommends. Root has no password (serial console login for debugging).
 # Timers that would start work during a test boot (apt, e2scrub, fstrim) are masked and the
 # journal is persistent, so a boot can read the previous boot's shutdown.
@@ -25,7 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MIRROR=${LK_BOOT_MIRROR:-http://deb.debian.org/debian}
 CACHE_ROOT=${LK_BOOT_CACHE:-/var/cache/lunkeeper-boot}
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,udev,dbus,open-iscsi,multipath-tools,e2fsprogs,python3,kmod,iproute2,procps,linux-image-amd64,initramfs-tools,zstd
+PACKAGES=systemd,systemd-sysv,udev,dbus,open-iscsi,multipath-tools,e2fsprogs,python3,kmod,iproute2,procps,linux-image-amd64,initramfs-tools,zstd,prometheus-node-exporter
 IMAGE_SIZE=3G
 
 force=0
