@@ -20,17 +20,20 @@
 # tests/boot/guest/lk-check.sh.
 #
 # Environment: LK_BOOT_OUT (results dir, default tests/boot/out/<timestamp>), LK_BOOT_TIMEOUT
-# (seconds per boot, default 420), LK_BOOT_ACCEL (default tcg, as tests/vm/vm.sh: KVM aborts on
-# the machines this runs on), LK_BOOT_MEMORY (default 1G), LK_BOOT_CPUS (default 2).
+# (seconds per boot, default 420), and those of tests/boot/lib.sh (LK_BOOT_DEB, LK_BOOT_ACCEL,
+# LK_BOOT_MEMORY, LK_BOOT_CPUS, LK_BOOT_CACHE).
+#
+# The benchmark over the same image (lunkeeper against open-iscsi's node.startup = automatic)
+# is tests/boot/bench.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BOOTS=3
 TIMEOUT=${LK_BOOT_TIMEOUT:-420}
-ACCEL=${LK_BOOT_ACCEL:-tcg}
 OUT=${LK_BOOT_OUT:-$HERE/out/$(date +%Y%m%d-%H%M%S)}
-IQN=iqn.2026-12.test.lunkeeper:boot
+# shellcheck source=tests/boot/lib.sh
+. "$HERE/lib.sh"
 
 if ((EUID != 0)); then
   echo "boot.sh: must run as root (loop mounts, chroot)" >&2
@@ -41,71 +44,38 @@ mkdir -p "$OUT"
 t_start=$(date +%s)
 
 # ---- image and package -----------------------------------------------------------------------
-t0=$(date +%s)
-img=$("$HERE/image.sh" | tail -n 1)
-t_image=$(($(date +%s) - t0))
-echo "boot.sh: image $img ($t_image s here; build took $(cat "$img/build-seconds") s when it was built)"
-
-if [[ -n ${LK_BOOT_DEB:-} ]]; then
-  deb=$LK_BOOT_DEB
-else
-  t0=$(date +%s)
-  deb=$(cd "$REPO" && packaging/build-deb.sh 2>"$OUT/build-deb.log" | tail -n 1) || {
-    tail -n 20 "$OUT/build-deb.log"
-    echo "boot: 0 passed, 1 failed (the .deb did not build)"
-    exit 1
-  }
-  echo "boot.sh: built $deb in $(($(date +%s) - t0)) s"
-fi
-[[ $deb == /* ]] || deb=$REPO/$deb
-[[ -f $deb ]] || { echo "boot.sh: no .deb at $deb" >&2; exit 1; }
+lk_image
+lk_deb || {
+  echo "boot: 0 passed, 1 failed (the .deb did not build)"
+  exit 1
+}
 
 # ---- the per-run disk --------------------------------------------------------------------------
 disk=$OUT/disk.raw
 mnt=$OUT/mnt
-mkdir -p "$mnt"
-unmount_all() {
-  local m
-  for m in dev/pts dev proc sys; do
-    mountpoint -q "$mnt/$m" 2>/dev/null && umount "$mnt/$m"
-  done
-  mountpoint -q "$mnt" && umount "$mnt"
-  return 0
-}
-trap unmount_all EXIT
+trap 'lk_umount "$mnt"' EXIT
 
 t0=$(date +%s)
-cp --sparse=always "$img/base.raw" "$disk"
-mount -o loop "$disk" "$mnt"
-for m in dev dev/pts proc sys; do mount --bind "/$m" "$mnt/$m"; done
-cp "$deb" "$mnt/tmp/"
-# Nothing is started inside the chroot.
-printf '#!/bin/sh\nexit 101\n' >"$mnt/usr/sbin/policy-rc.d"
-chmod 0755 "$mnt/usr/sbin/policy-rc.d"
-if ! chroot "$mnt" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  "/tmp/$(basename "$deb")" >"$OUT/apt-install.log" 2>&1; then
-  tail -n 20 "$OUT/apt-install.log"
+lk_disk "$disk" "$mnt" || {
   echo "boot: 0 passed, 1 failed (apt-get install of the .deb failed)"
   exit 1
-fi
-rm -f "$mnt/usr/sbin/policy-rc.d" "$mnt/tmp/$(basename "$deb")"
-chroot "$mnt" dpkg-query -W -f '${Package} ${Version} ${Status}\n' lunkeeper | tee "$OUT/installed.txt"
-for m in dev/pts dev proc sys; do umount "$mnt/$m"; done
-
-# The test's target, checks and configuration.
-install -D -m 0755 "$HERE/guest/lk-target.sh" "$mnt/usr/local/lib/lk-boot/lk-target.sh"
+}
+# The test's checks and configuration.
 install -D -m 0755 "$HERE/guest/lk-check.sh" "$mnt/usr/local/lib/lk-boot/lk-check.sh"
-install -m 0644 "$HERE/guest/lk-target.service" "$HERE/guest/lk-check.service" "$mnt/etc/systemd/system/"
-mkdir -p "$mnt/etc/systemd/system/multi-user.target.wants" "$mnt/etc/systemd/system/lunkeeper.service.wants"
-ln -sf /etc/systemd/system/lk-target.service "$mnt/etc/systemd/system/multi-user.target.wants/"
-ln -sf /etc/systemd/system/lk-target.service "$mnt/etc/systemd/system/lunkeeper.service.wants/"
+install -m 0644 "$HERE/guest/lk-check.service" "$mnt/etc/systemd/system/"
 ln -sf /etc/systemd/system/lk-check.service "$mnt/etc/systemd/system/multi-user.target.wants/"
 [[ -L $mnt/etc/systemd/system/multi-user.target.wants/lunkeeper.service ]] ||
   echo "boot.sh: warning: the package did not enable lunkeeper.service" >&2
 # lunkeeper's info lines (its "ready elapsed_ms=..." among them) in the journal, for the checks.
 mkdir -p "$mnt/etc/systemd/system/lunkeeper.service.d"
 printf '[Service]\nEnvironment=LUNKEEPER_LOG=info\n' >"$mnt/etc/systemd/system/lunkeeper.service.d/boot-test-log.conf"
-echo "InitiatorName=iqn.2026-12.test.lunkeeper:initiator" >"$mnt/etc/iscsi/initiatorname.iscsi"
+# Debian's prometheus-node-exporter serves lunkeeper's metrics: its textfile collector reads the
+# directory of lunkeeper's default metrics_file (/var/lib/prometheus/node-exporter/lunkeeper.prom),
+# said explicitly here as an operator would.
+[[ -f $mnt/etc/default/prometheus-node-exporter ]] ||
+  echo "boot.sh: warning: prometheus-node-exporter is not in the image" >&2
+echo 'ARGS="--collector.textfile.directory=/var/lib/prometheus/node-exporter"' \
+  >"$mnt/etc/default/prometheus-node-exporter"
 cat >"$mnt/etc/lunkeeper/volumes.toml" <<EOF
 # tests/boot: two multipath volumes on the LIO target lk-target.service sets up in this VM.
 [defaults]
@@ -124,29 +94,18 @@ portals = ["127.0.0.1:3260", "127.0.0.2:3260"]
 lun = 1
 EOF
 printf '/dev/lunkeeper/vol0\t/mnt/vol0\text4\t_netdev\t0\t0\n' >>"$mnt/etc/fstab"
-mkdir -p "$mnt/mnt/vol0" "$mnt/var/lib/lk-target" "$mnt/var/lib/lk-boot"
-for v in vol0 vol1 vol2; do truncate -s 64M "$mnt/var/lib/lk-target/$v.img"; done
+mkdir -p "$mnt/mnt/vol0"
 mkfs.ext4 -q -F -L vol0 "$mnt/var/lib/lk-target/vol0.img"
 umount "$mnt"
 echo "boot.sh: run disk ready in $(($(date +%s) - t0)) s: $disk"
 
 # ---- three boots -------------------------------------------------------------------------------
-accel_args=(-accel "$ACCEL")
-[[ $ACCEL == tcg ]] && accel_args=(-accel tcg,thread=multi)
 boot_times=()
 for b in $(seq 1 $BOOTS); do
   echo "boot.sh: boot $b of $BOOTS (timeout ${TIMEOUT}s, console $OUT/console-$b.log)"
   t0=$(date +%s)
-  set +e
-  timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${accel_args[@]}" -nodefaults -no-reboot \
-    -m "${LK_BOOT_MEMORY:-1G}" -smp "${LK_BOOT_CPUS:-2}" \
-    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 panic=5 mitigations=off systemd.show_status=1" \
-    -drive "file=$disk,format=raw,if=virtio" \
-    -device virtio-rng-pci -nic none -display none -monitor none \
-    -serial "file:$OUT/console-$b.log" </dev/null >"$OUT/qemu-$b.log" 2>&1
-  rc=$?
-  set -e
+  rc=0
+  lk_boot "$disk" "$OUT/console-$b.log" "$TIMEOUT" || rc=$?
   dt=$(($(date +%s) - t0))
   boot_times+=("$dt")
   echo "boot.sh: boot $b ended after ${dt}s (qemu exit $rc$( ((rc == 124 || rc == 137)) && echo ', TIMED OUT'))"

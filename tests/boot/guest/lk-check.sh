@@ -97,6 +97,113 @@ verify_sum() { # NAME: the file written last boot has the recorded checksum
   [[ $want == "$got" ]] || { echo "$1: sha256 $got, expected $want"; return 1; }
 }
 
+# journal_history VOLUME: `journalctl -u lunkeeper VOLUME=<name>` (this boot) is that volume's
+# history: every entry carries VOLUME=<name> (a session's entries carry one VOLUME per volume
+# they serve), it has its login (ACTION=login RESULT=changed) and actions with the volume's own
+# WWID, and no WWID of another volume.
+journal_history() {
+  local v=$1 other=$2 dm wwid
+  dm=$(basename "$(readlink -f "/dev/lunkeeper/$v")")
+  wwid=$(cat "/sys/block/$dm/dm/uuid") || return 1
+  wwid=${wwid#mpath-}
+  journalctl -b -u "$U" "VOLUME=$v" -o json --no-pager >"$OUT.journal-$v.json" 2>&1 || return 1
+  journalctl -b -u "$U" "VOLUME=$other" -o json --no-pager >"$OUT.journal-$other.json" 2>&1 || return 1
+  python3 - "$v" "$wwid" "$OUT.journal-$v.json" "$OUT.journal-$other.json" <<'PY'
+import json, sys
+v, wwid, mine, theirs = sys.argv[1:]
+def load(path):
+    return [json.loads(l) for l in open(path) if l.startswith("{")]
+def vals(e, k):
+    x = e.get(k)
+    return [] if x is None else x if isinstance(x, list) else [x]
+entries = load(mine)
+acts = sorted({f"{a}/{r}" for e in entries for a in vals(e, "ACTION") for r in vals(e, "RESULT")})
+print(f"{len(entries)} entries with VOLUME={v}; ACTION/RESULT: {' '.join(acts)}")
+problems = []
+if not entries:
+    problems.append("no entry")
+alien = [e.get("MESSAGE") for e in entries if v not in vals(e, "VOLUME")]
+if alien:
+    problems.append(f"{len(alien)} entries without VOLUME={v}, e.g. {alien[0]!r}")
+if "login/changed" not in acts:
+    problems.append("no ACTION=login RESULT=changed")
+wwids = {w for e in entries for w in vals(e, "WWID")}
+if wwid not in wwids:
+    problems.append(f"no entry with its WWID {wwid}")
+if wwids - {wwid}:
+    problems.append(f"other volumes' WWIDs: {sorted(wwids - {wwid})}")
+# The other volume's own entries (its WWID, not a shared session's) stay out of this history.
+theirs_only = [e for e in load(theirs) if v not in vals(e, "VOLUME")]
+print(f"{len(theirs_only)} entries of the other volume alone, none of them in {v}'s history")
+if not theirs_only:
+    problems.append("the other volume has no entry of its own (nothing to tell apart)")
+if problems:
+    print("; ".join(problems))
+    sys.exit(1)
+PY
+}
+
+# metrics_show "SERIES VALUE"...: node_exporter's /metrics (Debian's prometheus-node-exporter,
+# its textfile collector reading lunkeeper's file) shows each series with that value. Labels
+# are compared as a set: node_exporter re-orders them.
+metrics_show() {
+  python3 - "$OUT.metrics" "$@" <<'PY'
+import re, sys, urllib.request
+save, wants = sys.argv[1], sys.argv[2:]
+try:
+    text = urllib.request.urlopen("http://127.0.0.1:9100/metrics", timeout=20).read().decode()
+except Exception as e:
+    print(f"cannot fetch http://127.0.0.1:9100/metrics: {e}")
+    sys.exit(1)
+def key(series):
+    m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?', series)
+    if not m:
+        return series
+    labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
+    return (m.group(1), labels)
+have = {}
+for line in text.splitlines():
+    if line and not line.startswith("#"):
+        series, _, value = line.rpartition(" ")
+        have[key(series)] = value
+ours = [l for l in text.splitlines() if l.startswith("lunkeeper_")]
+with open(save, "w") as f:
+    f.write("\n".join(ours) + "\n")
+bad = []
+for want in wants:
+    series, _, value = want.rpartition(" ")
+    got = have.get(key(series))
+    if got is None or float(got) != float(value):
+        bad.append(f"{series} = {got} (want {value})")
+print(f"{len(ours)} lunkeeper_ series")
+if bad:
+    print("; ".join(bad))
+    sys.exit(1)
+PY
+}
+# expected_metrics [RELOADS]: what the file's volumes should show, all ready on both portals
+# with the 64 MiB LUN size, the file accepted and the collector reading it without error.
+expected_metrics() {
+  local v
+  echo 'node_textfile_scrape_error 0'
+  echo "lunkeeper_volumes{state=\"ready\"} $(volumes | wc -l)"
+  for s in degraded pending failed blocked; do echo "lunkeeper_volumes{state=\"$s\"} 0"; done
+  echo 'lunkeeper_config_ok 1'
+  for v in $(volumes); do
+    echo "lunkeeper_volume_state{volume=\"$v\",state=\"ready\"} 1"
+    echo "lunkeeper_volume_paths{volume=\"$v\",state=\"active\"} 2"
+    echo "lunkeeper_volume_paths{volume=\"$v\",state=\"down\"} 0"
+    echo "lunkeeper_volume_size_bytes{volume=\"$v\"} $((64 * 1024 * 1024))"
+  done
+}
+metrics_as_expected() { # extra "SERIES VALUE" lines beyond expected_metrics
+  local -a want
+  mapfile -t want < <(expected_metrics; printf '%s\n' "$@")
+  # The file is rewritten when a value changes; give the last change a moment to land.
+  wait_for 60 metrics_show "${want[@]}"
+  metrics_show "${want[@]}"
+}
+
 log "start"
 journalctl -b -o short-monotonic --no-pager >"$OUT.journal-at-start" 2>&1
 
@@ -154,6 +261,8 @@ mounted() {
 }
 check "boot $n: ext4 on /dev/lunkeeper/vol0 mounted at $MNT from fstab (_netdev)" mounted
 check "boot $n: every volume in the file has a readable /dev/lunkeeper link" links_ok
+check "boot $n: journalctl -u lunkeeper VOLUME=vol0 is vol0's history (its actions, ACTION/RESULT, its WWID only)" journal_history vol0 vol1
+check "boot $n: node_exporter's /metrics shows lunkeeper's series ($(volumes | wc -l) volumes ready, 2 active paths each, 64 MiB)" metrics_as_expected
 
 # ---- boots 2 and 3: the previous boot's data and shutdown ------------------------------------
 if ((n >= 2)); then
@@ -198,6 +307,12 @@ EOT
   }
   check "boot 1: systemctl reload applies an added volume (/dev/lunkeeper/vol2 appears)" reload_adds
   wait_for 60 links_ok
+  # The same daemon since boot: its two logins (one session per portal, shared by the volumes)
+  # and the one reload.
+  check "boot 1: /metrics after the reload: vol2 ready, 1 reload accepted, 2 logins" metrics_as_expected \
+    'lunkeeper_config_reloads_total{result="accepted"} 1' \
+    'lunkeeper_config_reloads_total{result="rejected"} 0' \
+    'lunkeeper_actions_total{kind="login",result="changed"} 2'
 
   s0=$(sessions)
   m0=$(maps)
