@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what it needs, then formatting,
-# lints, unit tests and the VM scenarios against a real kernel. Run as root.
+# lints, unit tests, the VM scenarios against a real kernel and the real-boot scenario
+# (tests/boot/boot.sh). Run as root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -46,4 +47,15 @@ for scenario in tests/vm/smoke.sh tests/vm/core.sh tests/vm/daemon.sh tests/vm/f
   fi
 done
 echo "vm scenarios: $passed passed, $failed failed"
-((failed == 0))
+
+echo "== the real-boot scenario (Debian 12 under QEMU, systemd as PID 1, the .deb installed)"
+# tests/boot/image.sh debootstraps the image on the first run (a few minutes, with network) and
+# caches it in /var/cache/lunkeeper-boot/ on a hash of image.sh; three boots follow.
+boot=passed
+if ! tests/boot/boot.sh; then
+  boot=FAILED
+  echo "boot scenario FAILED: see tests/boot/out/"
+fi
+echo "boot scenario: $boot"
+echo "scenarios: vm $passed passed, $failed failed; boot $boot"
+((failed == 0)) && [[ $boot == passed ]]

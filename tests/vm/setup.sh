@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the VM scenarios, the demo and the package check need on a fresh Debian
-# machine.
+# Installs everything the VM scenarios, the real-boot scenario (tests/boot: debootstrap,
+# qemu-img), the demo and the package check need on a fresh Debian machine.
 # Idempotent: a second run only checks.
 #   setup.sh            the VM stack (QEMU, kernel, open-iscsi, multipath-tools, virtme-ng)
 #   setup.sh --bench    also os-brick from PyPI in /opt/lunkeeper-osbrick (tests/bench.sh)
@@ -11,7 +11,7 @@ BENCH=0
 VENV=${LUNKEEPER_VNG_VENV:-/opt/lunkeeper-vng}
 PKGS=(qemu-system-x86 linux-image-amd64 udev kmod open-iscsi multipath-tools sg3-utils
       lsscsi iproute2 libudev-dev pkg-config python3-venv time util-linux e2fsprogs busybox-static
-      nftables lintian)
+      nftables lintian debootstrap qemu-utils)
 
 missing=()
 for p in "${PKGS[@]}"; do
