@@ -29,6 +29,12 @@ pub fn installed_rule(root: &Path) -> Option<&'static str> {
 /// `sdc`), or None when lunkeeper's udev rule is not installed: then no link is coming, and
 /// nothing should wait for one. A missing directory (no link yet) is an empty map; an entry
 /// that is not a symlink is left out.
+///
+/// A link counts once udev's database for its device agrees: it lists the link (`S:`) and
+/// does not say `SYSTEMD_READY=0`. systemd's device unit for the link becomes active on that
+/// same udev event, and a `_netdev` mount waits for the unit, not the file: the link alone can
+/// be there while the map's events still say "not ready" (a map made with one path, reloaded
+/// with the next), as tests/boot saw, with the device unit active half a second later.
 pub fn read_links(root: &Path) -> Option<BTreeMap<String, String>> {
     installed_rule(root)?;
     let Ok(entries) = std::fs::read_dir(root.join(LINKS_DIR)) else {
@@ -42,10 +48,32 @@ pub fn read_links(root: &Path) -> Option<BTreeMap<String, String>> {
                 // udev links relatively (`../dm-3`); the device is the last component.
                 let target = std::fs::read_link(e.path()).ok()?;
                 let device = target.file_name()?.to_str()?.to_string();
-                Some((name, device))
+                udev_agrees(root, &name, &device).then_some((name, device))
             })
             .collect(),
     )
+}
+
+/// Whether udev's database entry of `device` lists `lunkeeper/<name>` and does not mark the
+/// device not ready for systemd.
+fn udev_agrees(root: &Path, name: &str, device: &str) -> bool {
+    let Ok(devnum) = std::fs::read_to_string(root.join("sys/class/block").join(device).join("dev"))
+    else {
+        return false;
+    };
+    let db = root.join(format!("run/udev/data/b{}", devnum.trim()));
+    let Ok(text) = std::fs::read_to_string(db) else {
+        return false;
+    };
+    let link = format!("lunkeeper/{name}");
+    let mut listed = false;
+    for line in text.lines() {
+        if line == "E:SYSTEMD_READY=0" {
+            return false;
+        }
+        listed |= line.strip_prefix("S:") == Some(link.as_str());
+    }
+    listed
 }
 
 /// Key → volume name. A missing directory is an empty map; an unreadable file is skipped (it
@@ -118,8 +146,40 @@ mod tests {
         std::os::unix::fs::symlink("/dev/sdc", links.join("logs")).unwrap();
         std::fs::write(links.join("junk"), "").unwrap();
         assert_eq!(
+            read_links(root),
+            Some(BTreeMap::new()),
+            "udev's database does not list them yet"
+        );
+
+        let dev = |device: &str, devnum: &str, db: &str| {
+            let sys = root.join("sys/class/block").join(device);
+            std::fs::create_dir_all(&sys).unwrap();
+            std::fs::write(sys.join("dev"), format!("{devnum}\n")).unwrap();
+            let data = root.join("run/udev/data");
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join(format!("b{devnum}")), db).unwrap();
+        };
+        dev(
+            "dm-3",
+            "253:3",
+            "S:disk/by-id/dm-uuid-mpath-36001405aa\nS:lunkeeper/db\nE:SYSTEMD_READY=1\nG:systemd\n",
+        );
+        dev("sdc", "8:32", "S:lunkeeper/logs\nE:SYSTEMD_READY=0\n");
+        assert_eq!(
+            read_links(root).unwrap().into_iter().collect::<Vec<_>>(),
+            vec![("db".into(), "dm-3".into())],
+            "logs: udev says its device is not ready for systemd"
+        );
+        dev("sdc", "8:32", "S:lunkeeper/logs\nG:systemd\n");
+        assert_eq!(
             read_links(root).unwrap().into_iter().collect::<Vec<_>>(),
             vec![("db".into(), "dm-3".into()), ("logs".into(), "sdc".into())]
+        );
+        dev("sdc", "8:32", "S:lunkeeper/other\n");
+        assert_eq!(
+            read_links(root).unwrap().len(),
+            1,
+            "the entry names another link"
         );
         std::fs::remove_dir_all(&links).unwrap();
         assert_eq!(read_links(root), Some(BTreeMap::new()), "rule, no link yet");
