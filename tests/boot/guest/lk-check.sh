@@ -97,10 +97,11 @@ verify_sum() { # NAME: the file written last boot has the recorded checksum
   [[ $want == "$got" ]] || { echo "$1: sha256 $got, expected $want"; return 1; }
 }
 
-# journal_history VOLUME: `journalctl -u lunkeeper VOLUME=<name>` (this boot) is that volume's
-# history: every entry carries VOLUME=<name> (a session's entries carry one VOLUME per volume
-# they serve), it has its login (ACTION=login RESULT=changed) and actions with the volume's own
-# WWID, and no WWID of another volume.
+# journal_history VOLUME OTHER: `journalctl -u lunkeeper VOLUME=<name>` (this boot) is that
+# volume's history: every entry carries VOLUME=<name> (a session's entries carry one VOLUME per
+# volume they serve), it has its login (ACTION=login RESULT=changed, the shared session's) and
+# actions of the volume's own (VOLUME=<name> alone: its scan, its name, its map or paths), no
+# WWID but its own, and none of the other volume's own entries.
 journal_history() {
   local v=$1 other=$2 dm wwid
   dm=$(basename "$(readlink -f "/dev/lunkeeper/$v")")
@@ -127,9 +128,11 @@ if alien:
     problems.append(f"{len(alien)} entries without VOLUME={v}, e.g. {alien[0]!r}")
 if "login/changed" not in acts:
     problems.append("no ACTION=login RESULT=changed")
+own = sorted({a for e in entries if vals(e, "VOLUME") == [v] for a in vals(e, "ACTION")})
+print(f"its own actions: {' '.join(own)}")
+if not own:
+    problems.append(f"no action of {v}'s own")
 wwids = {w for e in entries for w in vals(e, "WWID")}
-if wwid not in wwids:
-    problems.append(f"no entry with its WWID {wwid}")
 if wwids - {wwid}:
     problems.append(f"other volumes' WWIDs: {sorted(wwids - {wwid})}")
 # The other volume's own entries (its WWID, not a shared session's) stay out of this history.
