@@ -160,6 +160,11 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let started = Instant::now();
     let mut ready_sent = false;
     let mut awaiting_link: Vec<String> = Vec::new();
+    // The volumes with their /dev/lunkeeper link, where the udev rule is installed (None where
+    // it is not), and whether systemd is asked about their device units before READY=1.
+    let mut linked: Option<Vec<String>> = None;
+    let mut ask_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let mut told_units = false;
     let mut dirty = true;
     let mut wake_at: Option<Instant> = None;
     let mut last_status: Option<DaemonStatus> = None;
@@ -174,7 +179,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 Some(desired) => gate.check(probe.as_ref(), desired).await,
                 None => None,
             };
-            let settled = match &config.desired {
+            let mut settled = match &config.desired {
                 Some(_) if waiting.is_some() => {
                     // Nothing is acted on; the volumes are shown as last seen.
                     let volumes = last_status
@@ -190,6 +195,12 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                         telemetry.last_pass = Some(std::time::SystemTime::now());
                         let judged = judge(&engine, desired, &pass);
                         awaiting_link = judged.status.awaiting_link;
+                        linked = pass.observed.links.as_ref().map(|_| {
+                            let v = judged.status.volumes.iter();
+                            v.filter(|v| v.stable_name.is_some())
+                                .map(|v| v.name.clone())
+                                .collect()
+                        });
                         publish(
                             &opts,
                             &config,
@@ -227,6 +238,26 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 last_pass: telemetry.last_pass,
             };
             metrics.update(metrics_file(&config).as_deref(), &snapshot);
+            let names = linked.as_deref().unwrap_or_default();
+            if !ready_sent && settled && ask_systemd && !names.is_empty() {
+                match device_units_active(names).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        settled = false;
+                        let soon = Instant::now() + FOLLOW_UP_POLL;
+                        wake_at = Some(wake_at.map_or(soon, |t| t.min(soon)));
+                        if !told_units {
+                            told_units = true;
+                            info!("volumes and links ready; waiting for systemd's device units of the links");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot ask systemd about the links' device units; READY=1 goes without");
+                        ask_systemd = false;
+                        settled = true;
+                    }
+                }
+            }
             if !ready_sent && (settled || started.elapsed() >= opts.ready_deadline) {
                 ready_sent = true;
                 notify(&[NotifyState::Ready]);
@@ -335,6 +366,54 @@ fn judge<H: Host + 'static>(engine: &Engine<H>, desired: &Desired, pass: &Pass) 
         waiting,
         settled,
     }
+}
+
+/// How long systemctl may take to answer about the device units.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// systemd's device unit of `/dev/lunkeeper/<name>`, as `systemd-escape --path
+/// --suffix=device` names it: `/` becomes `-`, and every byte but `[A-Za-z0-9:_.]` is
+/// `\xNN` (a volume name's `-` too).
+fn device_unit(name: &str) -> String {
+    let mut unit = String::from("dev-lunkeeper-");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.') {
+            unit.push(char::from(b));
+        } else {
+            unit.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    unit.push_str(".device");
+    unit
+}
+
+/// Whether systemd has every link's device unit active. Under systemd a `_netdev` mount of
+/// /dev/lunkeeper/NAME waits for that unit, which becomes active when systemd has processed the
+/// udev event that made the link: at boot, with a backlog of events, up to a second after the
+/// link is on disk (tests/boot saw 0.8 s under emulation). READY=1 is processed before queued
+/// device events, so without this wait remote-fs-pre.target can be reached before the unit.
+async fn device_units_active(names: &[String]) -> Result<bool, String> {
+    let units: Vec<String> = names.iter().map(|n| device_unit(n)).collect();
+    let mut args = vec!["show", "--property=ActiveState", "--value", "--"];
+    args.extend(units.iter().map(String::as_str));
+    let out = crate::act::command::run("systemctl", &args, SYSTEMCTL_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!(
+            "systemctl show: exit {:?}: {}",
+            out.code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(all_active(&out.stdout, units.len()))
+}
+
+/// `systemctl show --property=ActiveState --value U1 U2 ...` printed `active` for each unit
+/// (one value per unit, units separated by an empty line).
+fn all_active(stdout: &str, units: usize) -> bool {
+    let states: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    states.len() == units && states.iter().all(|s| s.trim() == "active")
 }
 
 /// What the metrics count besides the engine's actions.
@@ -926,6 +1005,19 @@ mod tests {
             let map = with.snapshot().maps[device].dev.name.clone();
             assert_eq!(links.get(name), Some(&map), "{links:?}");
         }
+    }
+
+    #[test]
+    fn device_units_are_named_as_systemd_escape_names_them() {
+        assert_eq!(device_unit("db"), "dev-lunkeeper-db.device");
+        assert_eq!(
+            device_unit("db-1.data_x"),
+            "dev-lunkeeper-db\\x2d1.data_x.device"
+        );
+        assert!(all_active("active\n\nactive\n", 2));
+        assert!(!all_active("active\n\ninactive\n", 2));
+        assert!(!all_active("active\n", 2), "a unit missing from the answer");
+        assert!(!all_active("", 1));
     }
 
     #[test]
