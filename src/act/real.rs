@@ -13,6 +13,7 @@ use crate::desired::{Desired, PortalHost, SecretFile};
 use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
 use crate::owned::SessionKey;
+use crate::owned::{Owned, OwnedError, OwnedStore};
 use crate::plan::{Action, NodeSettings};
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct RealHostConfig {
     /// The preflight checks read a few files; a hung /proc or file system must not hold
     /// `apply` past its promise to answer within 5 s.
     pub preflight_timeout: Duration,
+    /// One look at sysfs: a read of a device attribute can block while the device is stuck; a
+    /// look that takes longer fails (transient) and the next one is tried later.
+    pub observe_timeout: Duration,
 }
 
 impl Default for RealHostConfig {
@@ -48,6 +52,7 @@ impl Default for RealHostConfig {
             dns_timeout: Duration::from_secs(5),
             file_timeout: Duration::from_secs(10),
             preflight_timeout: Duration::from_secs(2),
+            observe_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -374,25 +379,49 @@ impl Host for RealHost {
             .filter(|v| !v.multipath)
             .map(|v| (v.target.to_string(), v.lun))
             .collect();
-        let mut observed = tokio::task::spawn_blocking(move || {
-            let mut observed = observe::observe(&root)?;
-            observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &single);
-            Ok::<_, observe::ObserveError>(observed)
-        })
-        .await
-        .map_err(|e| ObserveFailure::Task(e.to_string()))??;
+        // On the offload threads, not tokio's blocking pool: a look stuck in the kernel must
+        // not keep `apply` or the daemon from exiting, and only one look runs at a time.
+        let mut observed = self
+            .offload
+            .run(
+                "looking at sysfs",
+                Some("observe"),
+                self.config.observe_timeout,
+                move || {
+                    let mut observed = observe::observe(&root)?;
+                    observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &single);
+                    Ok::<_, observe::ObserveError>(observed)
+                },
+            )
+            .await
+            .map_err(|e| ObserveFailure::Task(e.to_string()))??;
         self.resolve(desired, &mut observed).await;
         Ok(observed)
+    }
+
+    async fn save_owned(&self, store: &OwnedStore, owned: &Owned) -> Result<(), OwnedError> {
+        let (store, owned) = (store.clone(), owned.clone());
+        let path = store.path().display().to_string();
+        self.offload
+            .run(
+                &format!("writing {path}"),
+                Some(&path),
+                self.config.file_timeout,
+                move || store.save(&owned),
+            )
+            .await?
     }
 
     async fn preflight(&self, desired: &Desired) -> Result<(), Vec<Missing>> {
         let root = self.config.root.clone();
         let multipath = super::wants_multipath(desired);
-        let checks = tokio::task::spawn_blocking(move || preflight::check(&root, multipath));
-        let missing = match tokio::time::timeout(self.config.preflight_timeout, checks).await {
-            Ok(Ok(missing)) => missing,
-            Ok(Err(_)) | Err(_) => vec![Missing::Unanswered],
-        };
+        let checks = self.offload.run(
+            "checking what acting needs",
+            Some("preflight"),
+            self.config.preflight_timeout,
+            move || preflight::check(&root, multipath),
+        );
+        let missing = checks.await.unwrap_or_else(|_| vec![Missing::Unanswered]);
         if missing.is_empty() {
             Ok(())
         } else {

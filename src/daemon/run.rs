@@ -18,7 +18,7 @@ use super::watch::ConfigWatcher;
 use crate::act::{preflight, Host, Missing};
 use crate::apply::{Engine, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
-use crate::files::write_atomic;
+use crate::files::LatestWriter;
 use crate::lock::{self, HeldLock, LockError};
 use crate::metrics::{MetricsWriter, Snapshot};
 use crate::owned::{Owned, OwnedStore};
@@ -161,7 +161,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut ready_sent = false;
     let mut dirty = true;
     let mut wake_at: Option<Instant> = None;
-    let mut last_status: Option<DaemonStatus> = None;
+    let mut last_status = Published::new(&opts.runtime_dir.join(STATUS_FILE));
     let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
     let mut metrics = MetricsWriter::default();
     let mut telemetry = Telemetry::default();
@@ -177,10 +177,11 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 Some(_) if waiting.is_some() => {
                     // Nothing is acted on; the volumes are shown as last seen.
                     let volumes = last_status
+                        .last
                         .as_ref()
                         .map(|s| s.volumes.clone())
                         .unwrap_or_default();
-                    publish(&opts, &config, volumes, waiting, &mut last_status);
+                    publish(&config, volumes, waiting, &mut last_status);
                     wake_at = Some(Instant::now() + PREFLIGHT_RECHECK);
                     false
                 }
@@ -189,7 +190,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                         telemetry.last_pass = Some(std::time::SystemTime::now());
                         let results = engine.results(&pass.plan);
                         let status = Status::build(desired, &pass.observed, &results);
-                        publish(&opts, &config, status.volumes, None, &mut last_status);
+                        publish(&config, status.volumes, None, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
                         let every = if following { FOLLOW_UP_POLL } else { opts.poll };
@@ -203,12 +204,13 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     }
                 },
                 None => {
-                    publish(&opts, &config, Vec::new(), None, &mut last_status);
+                    publish(&config, Vec::new(), None, &mut last_status);
                     true
                 }
             };
             let snapshot = Snapshot {
                 volumes: last_status
+                    .last
                     .as_ref()
                     .map(|s| s.volumes.clone())
                     .unwrap_or_default(),
@@ -293,6 +295,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             _ = sleep_until(grace) => { engine.abandon().await; }
         }
     }
+    engine.flush().await;
     Ok(())
 }
 
@@ -432,13 +435,30 @@ fn accept<H: Host + 'static>(config: &mut Config, new: Desired, engine: &mut Eng
     config.state.error = None;
 }
 
+/// The status last published, and the writer of status.json.
+struct Published {
+    last: Option<DaemonStatus>,
+    /// status.json is written on a thread of its own: a stalled disk under /run must not hold
+    /// up the event loop (None: that thread could not start; the file is then not written).
+    file: Option<LatestWriter>,
+}
+
+impl Published {
+    fn new(path: &Path) -> Self {
+        let file = LatestWriter::new(path, 0o644, "status file")
+            .map_err(|e| warn!(path = %path.display(), error = %e, "cannot start the status file's writer; status.json is not written"))
+            .ok();
+        Published { last: None, file }
+    }
+}
+
 fn publish(
-    opts: &DaemonOptions,
     config: &Config,
     volumes: Vec<VolumeStatus>,
     waiting: Option<String>,
-    last: &mut Option<DaemonStatus>,
+    published: &mut Published,
 ) {
+    let last = &mut published.last;
     let status = DaemonStatus {
         schema: crate::status::SCHEMA,
         volumes,
@@ -459,11 +479,10 @@ fn publish(
     }
     notify(&[NotifyState::Status(&line)]);
     info!(status = %line, "status");
-    let path = opts.runtime_dir.join(STATUS_FILE);
     match serde_json::to_vec_pretty(&status) {
         Ok(json) => {
-            if let Err(e) = write_atomic(&path, &json, 0o644) {
-                warn!(path = %path.display(), error = %e, "cannot write the status file");
+            if let Some(file) = &published.file {
+                file.write(json);
             }
         }
         Err(e) => warn!(error = %e, "cannot encode the status"),
@@ -701,9 +720,10 @@ mod tests {
         assert!(e.contains("2 of 3"), "{e}");
         assert!(e.contains("state = \"absent\""), "{e}");
         // The published status line carries it (STATUS= and status.json).
-        let mut last = None;
-        publish(&opts, &config, Vec::new(), None, &mut last);
-        let published = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        let path = opts.runtime_dir.join(STATUS_FILE);
+        let mut last = Published::new(&path);
+        publish(&config, Vec::new(), None, &mut last);
+        let published = written_eventually(&path);
         assert!(published.contains("2 of 3"), "{published}");
 
         let local = tokio::task::LocalSet::new();
@@ -805,6 +825,22 @@ mod tests {
             .is_some_and(|w| w.contains("udevd")));
     }
 
+    /// The status file's content once its writer thread has written it.
+    fn written_eventually(path: &Path) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never written",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn waiting_is_published_in_status_and_its_line() {
         let dir = tempfile::tempdir().unwrap();
@@ -814,10 +850,12 @@ mod tests {
             dir.path().join("run"),
         );
         let config = Config::load(&opts.config, &Owned::default());
-        let mut last = None;
+        std::fs::create_dir_all(&opts.runtime_dir).unwrap();
+        let path = opts.runtime_dir.join(STATUS_FILE);
+        let mut last = Published::new(&path);
         let w = "waiting: iscsid is not running (run `systemctl start iscsid`)".to_string();
-        publish(&opts, &config, Vec::new(), Some(w.clone()), &mut last);
-        let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        publish(&config, Vec::new(), Some(w.clone()), &mut last);
+        let text = written_eventually(&path);
         let status: DaemonStatus = serde_json::from_str(&text).unwrap();
         assert_eq!(status.waiting, Some(w));
     }

@@ -579,7 +579,7 @@ first_usable() {
 }
 
 row_g_portal_blackholed() {
-  local iqn1=$IQN_PREFIX:hole iqn2=$IQN_PREFIX:other w1 w2 t0 t1 t2 login_timeout=15
+  local iqn1=$IQN_PREFIX:hole iqn2=$IQN_PREFIX:other w1 w2 t0 t1 t2 login_timeout=20
   lk_target hole "$iqn1" --portals "$P1 $P2"
   lk_target other "$iqn2" --portals "$P1"
   w1=$(lk_wwid hole 0)
@@ -592,7 +592,7 @@ row_g_portal_blackholed() {
   first_usable hole "$w1"
   first_usable other "$w2"
   t0=$(_lk_now_ms)
-  start_daemon
+  start_daemon debug
   lk_wait_for 60 test -s "$LK_STATE/usable.hole" -a -s "$LK_STATE/usable.other" || true
   t1=$(($(cat "$LK_STATE/usable.hole" 2>/dev/null || echo 99999999999999) - t0))
   t2=$(($(cat "$LK_STATE/usable.other" 2>/dev/null || echo 99999999999999) - t0))
