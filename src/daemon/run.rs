@@ -111,6 +111,10 @@ const PREFLIGHT_FRESH: Duration = Duration::from_secs(5);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
+/// Looks that find nothing new come further and further apart, up to this: a volume that
+/// stays degraded (a portal down for hours) or a portal that flaps costs a look every 2 s, not
+/// ten a second. Anything that changes arrives as an event and starts the intervals over.
+const POLL_BACKOFF_CAP: Duration = Duration::from_secs(2);
 pub const LOCK_FILE: &str = lock::DAEMON_LOCK;
 /// How often the daemon tries again for the planner lock while an `apply` holds it.
 const PLANNER_LOCK_RETRY: Duration = Duration::from_millis(500);
@@ -151,6 +155,9 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     // After an event the kernel, iscsid and multipathd keep moving for a moment (a session turns
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
+    // The interval to the next look while following up or waiting; doubled after each look the
+    // timer asked for, reset by anything else that wakes the daemon.
+    let mut poll_every = FOLLOW_UP_POLL;
 
     let probe = Rc::clone(&host);
     let mut gate = Preflight::default();
@@ -193,7 +200,12 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                         publish(&config, status.volumes, None, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
                         let waiting = pass.waiting(engine.failed());
-                        let every = if following { FOLLOW_UP_POLL } else { opts.poll };
+                        let every = if following {
+                            poll_every
+                        } else {
+                            poll_every.max(opts.poll)
+                        };
+                        poll_every = (every * 2).min(POLL_BACKOFF_CAP.max(opts.poll));
                         wake_at = next_wake(waiting || following, every, engine.next_release());
                         pass.started == 0 && !engine.is_running() && !waiting
                     }
@@ -229,6 +241,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             }
         }
 
+        let mut timer_woke = false;
         tokio::select! {
             finished = engine.finish_one(), if engine.is_running() => {
                 finished?;
@@ -273,6 +286,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             _ = sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
                 wake_at = None;
                 dirty = true;
+                timer_woke = true;
             }
             _ = resync.tick() => dirty = true,
             _ = sleep_until(next_watchdog.unwrap_or_else(far_future)), if next_watchdog.is_some() => {
@@ -281,6 +295,11 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        // Something other than the poll timer asked for a look: the next ones come quickly
+        // again.
+        if dirty && !timer_woke {
+            poll_every = FOLLOW_UP_POLL;
         }
     }
 
