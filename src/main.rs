@@ -316,7 +316,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
         } => {
             // One planner per host: refused while the daemon runs (see src/lock.rs).
             let _lock = lunkeeper::lock::for_apply(&cli.state_dir, &cli.runtime_dir)?;
+            tracing::debug!("planner lock taken");
             host.sweep_leftovers().await;
+            tracing::debug!("node database swept");
             // Subscribed before the first look, so no change after it goes unnoticed.
             let mut udev = match UdevMonitor::new() {
                 Ok(monitor) => Some(monitor),
@@ -346,6 +348,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     Err(e) => return Err(e.into()),
                 };
             let status = Status::build(desired, &report.observed, &report.volumes);
+            tracing::debug!("printing the report");
             if !json {
                 let changed = report
                     .executed

@@ -108,6 +108,10 @@ const PREFLIGHT_RECHECK: Duration = Duration::from_secs(3);
 /// While everything is there, preflight is repeated at most this often: a pass can run every
 /// 100 ms after an event, and a service that died shows in the failing steps meanwhile.
 const PREFLIGHT_FRESH: Duration = Duration::from_secs(5);
+/// How often, while nothing else happens, the daemon checks that iscsid, multipathd and udevd
+/// still run: one of them killed raises no event, and status must name it within seconds, not
+/// at the next resync. A read of /proc/net/unix, far cheaper than a pass.
+const SERVICE_WATCH: Duration = Duration::from_secs(5);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
@@ -170,6 +174,8 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut wake_at: Option<Instant> = None;
     let mut last_status = Published::new(&opts.runtime_dir.join(STATUS_FILE));
     let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+    let mut service_watch = tokio::time::interval_at(Instant::now() + SERVICE_WATCH, SERVICE_WATCH);
+    service_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics = MetricsWriter::default();
     let mut telemetry = Telemetry::default();
 
@@ -289,6 +295,11 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 timer_woke = true;
             }
             _ = resync.tick() => dirty = true,
+            _ = service_watch.tick() => {
+                if let Some(desired) = &config.desired {
+                    dirty = gate.changed(probe.as_ref(), desired).await;
+                }
+            }
             _ = sleep_until(next_watchdog.unwrap_or_else(far_future)), if next_watchdog.is_some() => {
                 notify(&[NotifyState::Watchdog]);
                 next_watchdog = watchdog.map(|w| Instant::now() + w);
@@ -538,6 +549,20 @@ struct Preflight {
 }
 
 impl Preflight {
+    /// Whether what acting needs has gone or come back since the last check (the pass that
+    /// follows checks again and says so in status).
+    async fn changed<H: Host>(&mut self, host: &H, desired: &Desired) -> bool {
+        let missing = host.preflight(desired).await.err().unwrap_or_default();
+        if missing == self.missing {
+            if missing.is_empty() {
+                self.ok_at = Some(Instant::now());
+            }
+            return false;
+        }
+        self.ok_at = None;
+        true
+    }
+
     /// `Some("waiting: ...")` while something acting needs is missing.
     async fn check<H: Host>(&mut self, host: &H, desired: &Desired) -> Option<String> {
         let fresh = self.ok_at.is_some_and(|t| t.elapsed() < PREFLIGHT_FRESH);
@@ -842,6 +867,30 @@ mod tests {
             .check(&sim, &d)
             .await
             .is_some_and(|w| w.contains("udevd")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_goes_between_passes_is_noticed_and_named_at_once() {
+        let sim = network();
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        let mut gate = Preflight::default();
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert!(!gate.changed(&sim, &d).await, "nothing went");
+        // udevd killed: no event comes, the watch sees it, and the very next pass names
+        // it although the last check is still fresh.
+        sim.lock().missing = vec![Missing::Udevd];
+        assert!(gate.changed(&sim, &d).await);
+        assert!(gate
+            .check(&sim, &d)
+            .await
+            .is_some_and(|w| w.contains("udevd")));
+        assert!(
+            !gate.changed(&sim, &d).await,
+            "still the same missing piece"
+        );
+        sim.lock().missing.clear();
+        assert!(gate.changed(&sim, &d).await, "back again");
+        assert_eq!(gate.check(&sim, &d).await, None);
     }
 
     /// The status file's content once its writer thread has written it.
