@@ -16,6 +16,12 @@ use crate::owned::SessionKey;
 use crate::owned::{Owned, OwnedError, OwnedStore};
 use crate::plan::{Action, NodeSettings};
 
+/// `resize map` is asked at most this often per action, 100 ms apart and doubling (1.5 s in
+/// all): multipathd refuses it while the map waits for udev or another command holds its
+/// lock. A refusal that outlasts this fails the action, which is retried with backoff.
+const RESIZE_ATTEMPTS: u32 = 5;
+const RESIZE_RETRY_FIRST: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone)]
 pub struct RealHostConfig {
     /// `/` in production; everything in sysfs, /dev and /proc is read below it.
@@ -372,11 +378,12 @@ fn done(d: Done) -> Outcome {
 impl Host for RealHost {
     async fn observe(&self, desired: &Desired) -> Result<Observed, ObserveFailure> {
         let root = self.config.root.clone();
-        // Single-path volumes' (target, LUN): their disks' sizes are read for status.
-        let single: Vec<(String, crate::desired::Lun)> = desired
+        // The volumes' (target, LUN): their disks' sizes are read for status and, for paths
+        // of a map, to notice a LUN the array grew. One small read per path of the file's
+        // volumes, never one per disk of the host.
+        let luns: Vec<(String, crate::desired::Lun)> = desired
             .volumes
             .iter()
-            .filter(|v| !v.multipath)
             .map(|v| (v.target.to_string(), v.lun))
             .collect();
         // On the offload threads, not tokio's blocking pool: a look stuck in the kernel must
@@ -389,7 +396,7 @@ impl Host for RealHost {
                 self.config.observe_timeout,
                 move || {
                     let mut observed = observe::observe(&root)?;
-                    observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &single);
+                    observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &luns);
                     Ok::<_, observe::ObserveError>(observed)
                 },
             )
@@ -464,6 +471,20 @@ impl Host for RealHost {
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
             Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,
+            Action::ResizeMap { map, .. } => {
+                let command = format!("resize map {map}");
+                let reply = c
+                    .multipathd
+                    .command_retrying(&command, RESIZE_ATTEMPTS, RESIZE_RETRY_FIRST)
+                    .await?;
+                match reply {
+                    // multipathd answers `ok` also when the map already has the paths' size.
+                    Reply::Ok => Ok(Outcome::Changed),
+                    Reply::Fail(reply) | Reply::Other(reply) => {
+                        Err(ActError::MultipathdRefused { command, reply })
+                    }
+                }
+            }
             Action::DisableQueueing { map } => {
                 self.multipathd(format!("disablequeueing map {map}")).await
             }

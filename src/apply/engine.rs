@@ -138,6 +138,14 @@ impl<H: Host + 'static> Engine<H> {
         self.holds = Holds::default();
     }
 
+    /// The array reported that the capacity of the LUN behind these SCSI devices changed:
+    /// the next pass has every live path of their volumes re-read it, and grows the map once
+    /// they agree (see [`crate::plan::resize`]). Devices of no volume in the file are
+    /// forgotten at that pass.
+    pub fn capacity_changed(&mut self, devices: impl IntoIterator<Item = Hctl>) {
+        self.memory.capacity_changed.extend(devices);
+    }
+
     /// Sessions that turned healthy again since the last look, after having been healthy
     /// before (a login in progress is not a recovery): their devices' identity is read again
     /// before it is trusted.
@@ -201,6 +209,7 @@ impl<H: Host + 'static> Engine<H> {
             })
             .collect();
         self.memory.recovered.retain(|h| asked.contains(h));
+        self.memory.capacity_changed.retain(|h| asked.contains(h));
         self.holds.retain_planned(&plan);
         self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
@@ -269,6 +278,7 @@ impl<H: Host + 'static> Engine<H> {
             dirty |= ownership::release(&mut self.owned, action);
             if let Action::RescanDevice { hctl } = action {
                 self.memory.recovered.remove(hctl);
+                self.memory.capacity_changed.remove(hctl);
             }
             self.holds.succeeded(action, &self.policy);
             let changed = *outcome == Outcome::Changed;

@@ -6,6 +6,7 @@ mod engine;
 #[cfg(test)]
 mod fault_tests;
 mod holds;
+pub mod resize;
 mod stats;
 
 use std::collections::BTreeMap;

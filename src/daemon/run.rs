@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use super::iscsi_events::{IscsiEvents, IscsiEventsError};
-use super::udev::{relevant, UdevMonitor};
+use super::udev::{capacity_changed, relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
 use crate::act::{preflight, Host, Missing};
 use crate::apply::{Engine, RetryPolicy};
@@ -279,6 +279,12 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             batch = next_udev(&mut udev) => {
                 match batch {
                     Ok(events) if events.iter().any(relevant) => {
+                        let resized: Vec<_> = events.iter().filter_map(capacity_changed).collect();
+                        if !resized.is_empty() {
+                            let devices = resized.iter().map(ToString::to_string).collect::<Vec<_>>();
+                            info!(devices = %devices.join(","), "the array reports a changed LUN capacity");
+                            engine.capacity_changed(resized);
+                        }
                         dirty = true;
                         follow_up_until = Some(Instant::now() + FOLLOW_UP);
                     }
