@@ -109,11 +109,14 @@ enum Command {
         #[arg(long)]
         wide: bool,
     },
-    /// Make the host see volumes the array grew: rescan every path, wait until all agree on
-    /// the new size, then grow the multipath map (`multipathd resize map`). Safe to run while
-    /// the daemon runs. Paths that disagree leave the map as it is; a LUN that shrank is
-    /// refused. Growing the file system on the volume stays yours (resize2fs, xfs_growfs,
-    /// pvresize). Exits 0 when every volume has its new size (or already had it), 1 otherwise.
+    /// Make the host see volumes the array grew (safe while the daemon runs).
+    ///
+    /// Rescans every path of each volume, waits until all agree on the new size, then grows
+    /// the multipath map (`multipathd resize map`). It takes no lock and changes no record, so
+    /// it runs beside the daemon. Paths that disagree leave the map as it is; a LUN that
+    /// shrank is refused. Growing the file system on the volume stays yours (resize2fs,
+    /// xfs_growfs, pvresize). Exits 0 when every volume has its new size (or already had it),
+    /// 1 otherwise.
     Resize {
         /// The volumes to resize, by their name in the file.
         #[arg(required = true, value_name = "NAME")]

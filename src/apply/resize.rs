@@ -107,7 +107,12 @@ pub async fn resize<H: Host>(
     let mut work: BTreeMap<&str, Work> = BTreeMap::new();
     let mut next_rescan = Instant::now();
     loop {
+        let looked = Instant::now();
         let observed = host.observe(desired).await?;
+        tracing::debug!(
+            ms = looked.elapsed().as_millis() as u64,
+            "looked at the host"
+        );
         let rescan = Instant::now() >= next_rescan;
         let memory = Memory {
             capacity_changed: if rescan {
@@ -134,8 +139,8 @@ pub async fn resize<H: Host>(
             // Re-read first, decide on the sizes the next look shows.
             for (name, w) in work.iter_mut().filter(|(_, w)| w.done.is_none()) {
                 for action in steps(&plan, name, |a| matches!(a, Action::RescanDevice { .. })) {
-                    if let Err(e) = host.execute(action).await {
-                        w.error = Some(format!("{action}: {e}"));
+                    if let Err(e) = run_step(host, name, action).await {
+                        w.error = Some(error_text(action, &e));
                     }
                 }
             }
@@ -149,7 +154,7 @@ pub async fn resize<H: Host>(
             match (verdict, plan.capacity.get(*name)) {
                 (Some(Verdict::Ready | Verdict::Degraded(_)), Some(Capacity::Grown { .. })) => {
                     for action in steps(&plan, name, |a| matches!(a, Action::ResizeMap { .. })) {
-                        if let Err(e) = host.execute(action).await {
+                        if let Err(e) = run_step(host, name, action).await {
                             w.error = Some(error_text(action, &e));
                         }
                     }
@@ -261,6 +266,20 @@ fn status_of(
         .into_iter()
         .filter(|v| names.contains(v.name.as_str()))
         .collect()
+}
+
+/// Runs one step, logged as the engine logs its steps (every change at info).
+async fn run_step<H: Host>(host: &H, volume: &str, action: &Action) -> Result<(), ActError> {
+    let started = Instant::now();
+    let result = host.execute(action).await;
+    let ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(_) => tracing::info!(volume, action = action.kind(), ms, "{action}"),
+        Err(error) => {
+            tracing::warn!(volume, action = action.kind(), ms, %error, "{action}")
+        }
+    }
+    result.map(|_| ())
 }
 
 fn error_text(action: &Action, e: &ActError) -> String {

@@ -15,7 +15,7 @@ STATUS=$RUNDIR/status.json
 P1=127.0.0.1:3260
 P2=127.0.0.2:3260
 IQN=iqn.2026-11.test.lunkeeper:day2
-MNT=/mnt/day2
+MNT=$LK_STATE/mnt # the host's /mnt is read-only in the guest
 MIB=$((1 << 20))
 DPID=""
 
@@ -85,10 +85,10 @@ resize_round() {
   grow_lun "$new"
   lk_check_eq "$label: the map keeps its size until asked (LIO sends no unit attention)" "$before" "$(map_bytes)"
   t0=$(_lk_now_ms)
-  timeout 120 "$LK" --config "$CONF" resize vol >"$log" 2>&1 || rc=$?
+  LUNKEEPER_LOG=lunkeeper=debug timeout 120 "$LK" --config "$CONF" resize vol >"$log" 2>"$log.err" || rc=$?
   t1=$(_lk_now_ms)
   RESIZE_MS=$((t1 - t0))
-  lk_log "$label: resize exit $rc in ${RESIZE_MS} ms: $(tr '\n' '|' <"$log")"
+  lk_log "$label: resize exit $rc in ${RESIZE_MS} ms: $(tr '\n' '|' <"$log") steps: $(grep -E 'INFO|WARN|looked' "$log.err" | tr '\n' '|')"
   lk_check_eq "$label: lunkeeper resize exits 0" 0 "$rc"
   lk_check "$label: it says grown and that the file system is the user's" \
     grep -q "vol: grown from .* grow the file system on it yourself" "$log"
@@ -114,9 +114,11 @@ mount "$(map_dev)" "$MNT"
 # The writer's file: allocated now, so the writer's O_DIRECT writes land in place.
 dd if=/dev/zero of="$MNT/io.dat" bs=4k count=512 status=none conv=fsync
 lk_io_start io "$MNT/io.dat" 512
-lk_check_wait "setup: the writer is writing" 30 test "$(lk_io_acked io)" -gt 0
+writing() { (($(lk_io_acked io) > 0)); }
+lk_check_wait "setup: the writer is writing" 60 writing
 
 # ---- a: no daemon.
+ACKED0=$(lk_io_acked io)
 resize_round a $((96 * MIB))
 lk_log "FIGURE a: lunkeeper resize (no daemon), command to new size on the map: ${RESIZE_MS} ms"
 echo "a: lunkeeper resize without the daemon, command to new size on the map: ${RESIZE_MS} ms" >>"$OUT/figures"
@@ -136,6 +138,9 @@ lk_check "b: the daemon stops on SIGTERM" stop_daemon
 
 # ---- the data written across both resizes reads back.
 lk_check "io: the writer stops" lk_io_stop io
+ACKED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["acked"])' "$LK_STATE/io/io/acks.json")
+lk_log "io: $ACKED writes acknowledged in all, $ACKED0 of them before the first resize"
+lk_check "io: the writer kept writing through both resizes" test "$ACKED" -gt "$ACKED0"
 lk_check_eq "io: no I/O error" 0 "$(lk_io_errors io)"
 lk_check "io: every acknowledged write reads back intact" lk_io_verify io
 lk_check "fs: unmounts" umount "$MNT"
