@@ -279,10 +279,17 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             batch = next_udev(&mut udev) => {
                 match batch {
                     Ok(events) if events.iter().any(relevant) => {
-                        let resized: Vec<_> = events.iter().filter_map(capacity_changed).collect();
+                        // The kernel passes a grown LUN on but does not rescan: the next
+                        // pass has every path of the device's volume re-read its capacity.
+                        let resized: Vec<_> =
+                            events.iter().filter_map(capacity_changed).collect();
                         if !resized.is_empty() {
-                            let devices = resized.iter().map(ToString::to_string).collect::<Vec<_>>();
-                            info!(devices = %devices.join(","), "the array reports a changed LUN capacity");
+                            let devices: Vec<String> =
+                                resized.iter().map(ToString::to_string).collect();
+                            info!(
+                                devices = %devices.join(","),
+                                "the array reports a changed LUN capacity"
+                            );
                             engine.capacity_changed(resized);
                         }
                         dirty = true;
