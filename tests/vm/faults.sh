@@ -586,7 +586,7 @@ first_usable() {
 }
 
 row_g_portal_blackholed() {
-  local iqn1=$IQN_PREFIX:hole iqn2=$IQN_PREFIX:other w1 w2 t0 t1 t2 login_timeout=20
+  local iqn1=$IQN_PREFIX:hole iqn2=$IQN_PREFIX:other w1 w2 t0 t1 t2 login_timeout=30
   lk_target hole "$iqn1" --portals "$P1 $P2"
   lk_target other "$iqn2" --portals "$P1"
   w1=$(lk_wwid hole 0)
