@@ -36,7 +36,7 @@ passed=0
 # faults.sh runs every row of issue 8's fault matrix it holds, in one boot (faults-daemon.sh
 # holds the daemon rows b, e, f, h, i).
 for scenario in tests/vm/smoke.sh tests/vm/core.sh tests/vm/daemon.sh tests/vm/faults-daemon.sh \
-  "tests/vm/faults.sh c j k g d f a"; do
+  "tests/vm/faults.sh c j k g d f a" tests/vm/day2.sh; do
   # shellcheck disable=SC2086 # the scenario's arguments are split on purpose
   set -- $scenario
   name=$(basename "$1" .sh)

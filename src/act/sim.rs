@@ -192,6 +192,9 @@ impl SimWorld {
         let Some(session) = self.observed.sessions.iter().find(|s| s.host == Some(host)) else {
             return;
         };
+        if session.devices.iter().any(|d| d.hctl.lun == lun) {
+            return;
+        }
         let wwid = self
             .targets
             .get(&session.target)
@@ -204,17 +207,6 @@ impl SimWorld {
         };
         self.next_disk += 1;
         let registered = self.observed.registered_wwids.contains(&wwid);
-        let Some(session) = self
-            .observed
-            .sessions
-            .iter_mut()
-            .find(|s| s.host == Some(host))
-        else {
-            return;
-        };
-        if session.devices.iter().any(|d| d.hctl.lun == lun) {
-            return;
-        }
         let size = self.lun_size(&wwid);
         self.disk_sizes.insert(disk.clone(), size);
         let Some(session) = self
