@@ -114,6 +114,89 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<Flock<std::fs::File>>> {
     }
 }
 
+/// Replaces one file in the background, on a thread of its own: the caller never waits, and
+/// when writes come faster than the disk takes them only the newest content is written (a
+/// status file needs the latest state, not every state). A disk that stalls holds up this
+/// thread alone; what is handed over meanwhile waits in the one slot.
+#[derive(Debug)]
+pub struct LatestWriter {
+    shared: std::sync::Arc<LatestSlot>,
+}
+
+#[derive(Debug)]
+struct LatestSlot {
+    /// The content not yet written, if any.
+    pending: std::sync::Mutex<Option<Vec<u8>>>,
+    wake: std::sync::Condvar,
+}
+
+impl LatestWriter {
+    /// A writer of `path` (mode `mode`); `what` names the file in the log when a write fails.
+    /// Errors are logged once until they change; the next content is tried regardless.
+    pub fn new(path: &Path, mode: u32, what: &'static str) -> std::io::Result<Self> {
+        let shared = std::sync::Arc::new(LatestSlot {
+            pending: std::sync::Mutex::new(None),
+            wake: std::sync::Condvar::new(),
+        });
+        let slot = std::sync::Arc::clone(&shared);
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("lunkeeper-file".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut last_error: Option<String> = None;
+                while let Some(data) = slot.take() {
+                    let error = write_atomic(&path, &data, mode).err().map(|e| e.to_string());
+                    if let Some(e) = &error {
+                        if last_error.as_ref() != Some(e) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot write the {what}");
+                        }
+                    }
+                    last_error = error;
+                }
+            })?;
+        Ok(LatestWriter { shared })
+    }
+
+    /// Hands over the file's new content; returns at once.
+    pub fn write(&self, data: Vec<u8>) {
+        *self.shared.lock() = Some(data);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether everything handed over has been taken by the thread (tests).
+    pub fn is_idle(&self) -> bool {
+        self.shared.lock().is_none()
+    }
+}
+
+impl LatestSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for content to write; None once the writer is gone and nothing is pending.
+    fn take(self: &std::sync::Arc<Self>) -> Option<Vec<u8>> {
+        let mut pending = self.lock();
+        loop {
+            if let Some(data) = pending.take() {
+                return Some(data);
+            }
+            // Only this thread's handle left: the writer was dropped.
+            if std::sync::Arc::strong_count(self) == 1 {
+                return None;
+            }
+            pending = self
+                .wake
+                .wait_timeout(pending, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +282,43 @@ mod tests {
         );
         drop(held);
         assert!(try_lock(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn latest_writer_ends_with_the_newest_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let writer = LatestWriter::new(&path, 0o644, "status file").unwrap();
+        for i in 0..50 {
+            writer.write(format!("{i}").into_bytes());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&path).ok().as_deref() != Some("49") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "newest content never written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(writer.is_idle());
+    }
+
+    #[test]
+    fn latest_writer_survives_a_failing_write_and_writes_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        // The parent is a file: every write fails, and the writer keeps going.
+        let writer = LatestWriter::new(&blocker.join("status.json"), 0o644, "status file").unwrap();
+        writer.write(b"a".to_vec());
+        writer.write(b"b".to_vec());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !writer.is_idle() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

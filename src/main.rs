@@ -31,10 +31,10 @@ const STDOUT_FAILED: u8 = lunkeeper::stdout::IO_ERROR;
 /// Every exit code and its meaning, for the man page.
 const EXIT_CODES: &[(u8, &str)] = &[
     (0, "Done: the file is valid (validate), the plan was shown (plan), every volume is where the file says (apply, status), the host has no problem (doctor)."),
-    (NOT_CONVERGED, "apply: not every volume reached the state the file asks for within the timeout, or the mass-detach guard refused the change. status: some volume is not as the file wants it (not ready, or not yet gone), or the daemon rejected the file's current content. doctor: a problem was found."),
+    (NOT_CONVERGED, "apply: not every volume reached the state the file asks for within the timeout, or the mass-detach guard refused the change. status: some volume is not as the file wants it (not ready, or not yet gone), or the daemon rejected the file's current content. resize: a volume was not resized (its paths disagree on the size, the LUN shrank, or it is not attached). doctor: a problem was found."),
     (BAD_CONFIG, "The desired-state file is invalid or unreadable; nothing was changed."),
     (CANNOT_RUN, "lunkeeper could not run: another lunkeeper plans on this host, the host could not be read (status as a non-root user without the daemon running), or an action failed outright."),
-    (USAGE, "Usage error: an unknown subcommand or option, or a bad option value."),
+    (USAGE, "Usage error: an unknown subcommand or option, a bad option value, or a volume name the file does not have (resize)."),
     (STDOUT_FAILED, "The output could not be written (for example a full disk behind a redirection). A reader that closes the pipe early is not an error."),
 ];
 
@@ -108,6 +108,25 @@ enum Command {
         /// Print each reason whole instead of one short line.
         #[arg(long)]
         wide: bool,
+    },
+    /// Make the host see volumes the array grew (safe while the daemon runs).
+    ///
+    /// Rescans every path of each volume, waits until all agree on the new size, then grows
+    /// the multipath map (`multipathd resize map`). It takes no lock and changes no record, so
+    /// it runs beside the daemon. Paths that disagree leave the map as it is; a LUN that
+    /// shrank is refused. Growing the file system on the volume stays yours (resize2fs,
+    /// xfs_growfs, pvresize). Exits 0 when every volume has its new size (or already had it),
+    /// 1 otherwise.
+    Resize {
+        /// The volumes to resize, by their name in the file.
+        #[arg(required = true, value_name = "NAME")]
+        volumes: Vec<String>,
+        /// Give up after this many seconds on paths that still disagree on the size.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Print the result as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run as a daemon: keep the host converged, reacting to udev events and config edits.
     Run,
@@ -309,6 +328,11 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             print_status(&status, json, wide)?;
             Ok(status_code(status.as_wanted()))
         }
+        Command::Resize {
+            ref volumes,
+            timeout,
+            json,
+        } => resize(host.as_ref(), desired, &store, volumes, timeout, json).await,
         Command::Apply {
             timeout,
             json,
@@ -316,7 +340,9 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
         } => {
             // One planner per host: refused while the daemon runs (see src/lock.rs).
             let _lock = lunkeeper::lock::for_apply(&cli.state_dir, &cli.runtime_dir)?;
+            tracing::debug!("planner lock taken");
             host.sweep_leftovers().await;
+            tracing::debug!("node database swept");
             // Subscribed before the first look, so no change after it goes unnoticed.
             let mut udev = match UdevMonitor::new() {
                 Ok(monitor) => Some(monitor),
@@ -346,6 +372,7 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
                     Err(e) => return Err(e.into()),
                 };
             let status = Status::build(desired, &report.observed, &report.volumes);
+            tracing::debug!("printing the report");
             if !json {
                 let changed = report
                     .executed
@@ -368,6 +395,65 @@ async fn run(cli: &Cli, desired: &Desired) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `lunkeeper resize`: no planner lock (it only rescans and resizes maps, which are
+/// idempotent; see `lunkeeper::apply::resize`), so it works beside the daemon.
+async fn resize(
+    host: &RealHost,
+    desired: &Desired,
+    store: &OwnedStore,
+    volumes: &[String],
+    timeout: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use lunkeeper::apply::resize::{self, ResizeError, ResizeOptions};
+    let owned = store.load()?;
+    let opts = ResizeOptions {
+        timeout: Duration::from_secs(timeout),
+        ..ResizeOptions::default()
+    };
+    let report = match resize::resize(host, desired, &owned, volumes, &opts).await {
+        Ok(report) => report,
+        Err(e @ ResizeError::Unknown(_)) => {
+            eprintln!("lunkeeper: {e} ({})", cli_config_hint(desired));
+            return Ok(ExitCode::from(USAGE));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ok = report.volumes.values().all(|r| r.is_ok());
+    if json {
+        let versioned = lunkeeper::status::Versioned::new(&report);
+        outln!("{}", serde_json::to_string_pretty(&versioned)?);
+    } else {
+        for (name, result) in &report.volumes {
+            let device = report
+                .status
+                .iter()
+                .find(|s| &s.name == name)
+                .and_then(|s| s.device.clone());
+            match (result, device) {
+                (resize::Resized::Grown { .. }, Some(device)) => outln!(
+                    "{name}: {result} ({device}); grow the file system on it yourself \
+                     (resize2fs, xfs_growfs, pvresize)"
+                ),
+                _ => outln!("{name}: {result}"),
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_CONVERGED)
+    })
+}
+
+fn cli_config_hint(desired: &Desired) -> String {
+    format!(
+        "{} names {}",
+        desired.source.display(),
+        count(desired.volumes.len(), "volume")
+    )
 }
 
 fn run_daemon(cli: &Cli) -> ExitCode {

@@ -123,6 +123,9 @@ pub enum OwnedError {
         found: u32,
         known: u32,
     },
+    /// The write did not finish in time (a stalled disk); nothing that needed it was done.
+    #[error("cannot write ownership records: {0}")]
+    Stalled(#[from] crate::act::offload::OffloadError),
     #[error("{path}: cannot write ownership records: {source}")]
     Write {
         path: PathBuf,

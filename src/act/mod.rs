@@ -19,6 +19,7 @@ pub use real::{RealHost, RealHostConfig};
 
 use crate::desired::{Desired, VolumeState};
 use crate::observe::{ObserveError, Observed};
+use crate::owned::{Owned, OwnedError, OwnedStore};
 use crate::plan::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +80,7 @@ impl ActError {
 pub enum ObserveFailure {
     #[error(transparent)]
     Observe(#[from] ObserveError),
-    #[error("the observer task failed: {0}")]
+    #[error("cannot look at the host: {0}")]
     Task(String),
 }
 
@@ -94,6 +95,16 @@ pub trait Host {
     /// when a present volume wants multipath, udevd, the initiator name); `Err` names every
     /// missing piece. Bounded by a deadline and never blocks the runtime thread.
     fn preflight(&self, desired: &Desired) -> impl Future<Output = Result<(), Vec<Missing>>>;
+
+    /// Writes what lunkeeper owns. The real host does it off the event loop under a deadline
+    /// (a stalled /var must not stop the watchdog ping); the simulation writes at once.
+    fn save_owned(
+        &self,
+        store: &OwnedStore,
+        owned: &Owned,
+    ) -> impl Future<Output = Result<(), OwnedError>> {
+        std::future::ready(store.save(owned))
+    }
 }
 
 /// Whether a present volume of `desired` wants multipath, so multipathd must run.

@@ -90,6 +90,42 @@ impl Multipathd {
         }
     }
 
+    /// Sends a command until multipathd says `ok`, at most `attempts` times, waiting `first`
+    /// and then twice as long after each refusal or timeout; returns the last reply. For
+    /// commands multipathd refuses while it is busy: `resize map` answers `fail` while the
+    /// map waits for udev and `timeout` while another command holds its lock, with nothing
+    /// that tells these apart from a lasting refusal, so the caller bounds the attempts.
+    pub async fn command_retrying(
+        &self,
+        command: &str,
+        attempts: u32,
+        first: Duration,
+    ) -> Result<Reply, MultipathdError> {
+        let mut delay = first;
+        let mut attempt = 1;
+        loop {
+            let result = self.command(command).await.map(|r| Reply::parse(&r));
+            let retry = match &result {
+                Ok(Reply::Ok) => false,
+                Ok(_) | Err(MultipathdError::Timeout { .. }) => true,
+                // Not reachable, or a command it cannot take: asking again will not help.
+                Err(_) => false,
+            };
+            if !retry || attempt >= attempts {
+                return result;
+            }
+            tracing::debug!(
+                command,
+                attempt,
+                ?result,
+                "multipathd refused; asking again"
+            );
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+
     async fn exchange(&self, command: &str) -> Result<String, MultipathdError> {
         let mut stream = self.connect()?;
         let io = |source| MultipathdError::Io {
@@ -223,6 +259,59 @@ mod tests {
             Reply::Fail("map or partition in use".into())
         );
         assert_eq!(server.await.unwrap(), vec!["add map 3600", "del map 3600"]);
+    }
+
+    /// Answers the n-th connection with `replies[n]`, speaking the real framing.
+    async fn scripted_server(
+        path: PathBuf,
+        replies: Vec<&'static str>,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for answer in replies {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut len = [0u8; 8];
+                s.read_exact(&mut len).await.unwrap();
+                let mut cmd = vec![0u8; usize::from_ne_bytes(len)];
+                s.read_exact(&mut cmd).await.unwrap();
+                cmd.pop();
+                let mut out = (answer.len() + 1).to_ne_bytes().to_vec();
+                out.extend_from_slice(answer.as_bytes());
+                out.push(0);
+                s.write_all(&out).await.unwrap();
+                seen.push(String::from_utf8(cmd).unwrap());
+            }
+            seen
+        })
+    }
+
+    #[tokio::test]
+    async fn a_busy_multipathd_is_asked_again_until_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mpd.sock");
+        let server = scripted_server(path.clone(), vec!["fail\n", "timeout\n", "ok\n"]).await;
+        let client = Multipathd::new(Socket::Path(path), Duration::from_secs(2));
+        let reply = client
+            .command_retrying("resize map mpatha", 5, Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(reply, Reply::Ok);
+        assert_eq!(server.await.unwrap(), vec!["resize map mpatha"; 3]);
+    }
+
+    #[tokio::test]
+    async fn a_lasting_refusal_ends_after_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mpd.sock");
+        let server = scripted_server(path.clone(), vec!["fail\n"; 3]).await;
+        let client = Multipathd::new(Socket::Path(path), Duration::from_secs(2));
+        let reply = client
+            .command_retrying("resize map mpatha", 3, Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert_eq!(reply, Reply::Fail(String::new()));
+        assert_eq!(server.await.unwrap().len(), 3, "exactly the bound");
     }
 
     #[tokio::test]

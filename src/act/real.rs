@@ -13,7 +13,14 @@ use crate::desired::{Desired, PortalHost, SecretFile};
 use crate::observe::names::NAMES_DIR;
 use crate::observe::{self, Observed};
 use crate::owned::SessionKey;
+use crate::owned::{Owned, OwnedError, OwnedStore};
 use crate::plan::{Action, NodeSettings};
+
+/// `resize map` is asked at most this often per action, 100 ms apart and doubling (1.5 s in
+/// all): multipathd refuses it while the map waits for udev or another command holds its
+/// lock. A refusal that outlasts this fails the action, which is retried with backoff.
+const RESIZE_ATTEMPTS: u32 = 5;
+const RESIZE_RETRY_FIRST: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct RealHostConfig {
@@ -34,6 +41,9 @@ pub struct RealHostConfig {
     /// The preflight checks read a few files; a hung /proc or file system must not hold
     /// `apply` past its promise to answer within 5 s.
     pub preflight_timeout: Duration,
+    /// One look at sysfs: a read of a device attribute can block while the device is stuck; a
+    /// look that takes longer fails (transient) and the next one is tried later.
+    pub observe_timeout: Duration,
 }
 
 impl Default for RealHostConfig {
@@ -48,6 +58,7 @@ impl Default for RealHostConfig {
             dns_timeout: Duration::from_secs(5),
             file_timeout: Duration::from_secs(10),
             preflight_timeout: Duration::from_secs(2),
+            observe_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -367,32 +378,57 @@ fn done(d: Done) -> Outcome {
 impl Host for RealHost {
     async fn observe(&self, desired: &Desired) -> Result<Observed, ObserveFailure> {
         let root = self.config.root.clone();
-        // Single-path volumes' (target, LUN): their disks' sizes are read for status.
-        let single: Vec<(String, crate::desired::Lun)> = desired
+        // The volumes' (target, LUN): their disks' sizes are read for status and, for paths
+        // of a map, to notice a LUN the array grew. One small read per path of the file's
+        // volumes, never one per disk of the host.
+        let luns: Vec<(String, crate::desired::Lun)> = desired
             .volumes
             .iter()
-            .filter(|v| !v.multipath)
             .map(|v| (v.target.to_string(), v.lun))
             .collect();
-        let mut observed = tokio::task::spawn_blocking(move || {
-            let mut observed = observe::observe(&root)?;
-            observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &single);
-            Ok::<_, observe::ObserveError>(observed)
-        })
-        .await
-        .map_err(|e| ObserveFailure::Task(e.to_string()))??;
+        // On the offload threads, not tokio's blocking pool: a look stuck in the kernel must
+        // not keep `apply` or the daemon from exiting, and only one look runs at a time.
+        let mut observed = self
+            .offload
+            .run(
+                "looking at sysfs",
+                Some("observe"),
+                self.config.observe_timeout,
+                move || {
+                    let mut observed = observe::observe(&root)?;
+                    observed.disk_sizes = observe::read_disk_sizes(&root, &observed, &luns);
+                    Ok::<_, observe::ObserveError>(observed)
+                },
+            )
+            .await
+            .map_err(|e| ObserveFailure::Task(e.to_string()))??;
         self.resolve(desired, &mut observed).await;
         Ok(observed)
+    }
+
+    async fn save_owned(&self, store: &OwnedStore, owned: &Owned) -> Result<(), OwnedError> {
+        let (store, owned) = (store.clone(), owned.clone());
+        let path = store.path().display().to_string();
+        self.offload
+            .run(
+                &format!("writing {path}"),
+                Some(&path),
+                self.config.file_timeout,
+                move || store.save(&owned),
+            )
+            .await?
     }
 
     async fn preflight(&self, desired: &Desired) -> Result<(), Vec<Missing>> {
         let root = self.config.root.clone();
         let multipath = super::wants_multipath(desired);
-        let checks = tokio::task::spawn_blocking(move || preflight::check(&root, multipath));
-        let missing = match tokio::time::timeout(self.config.preflight_timeout, checks).await {
-            Ok(Ok(missing)) => missing,
-            Ok(Err(_)) | Err(_) => vec![Missing::Unanswered],
-        };
+        let checks = self.offload.run(
+            "checking what acting needs",
+            Some("preflight"),
+            self.config.preflight_timeout,
+            move || preflight::check(&root, multipath),
+        );
+        let missing = checks.await.unwrap_or_else(|_| vec![Missing::Unanswered]);
         if missing.is_empty() {
             Ok(())
         } else {
@@ -435,6 +471,20 @@ impl Host for RealHost {
             Action::AddMap { wwid } => self.multipathd(format!("add map {wwid}")).await,
             Action::AddPath { disk } => self.multipathd(format!("add path {disk}")).await,
             Action::DelPath { disk } => self.multipathd(format!("del path {disk}")).await,
+            Action::ResizeMap { map, .. } => {
+                let command = format!("resize map {map}");
+                let reply = c
+                    .multipathd
+                    .command_retrying(&command, RESIZE_ATTEMPTS, RESIZE_RETRY_FIRST)
+                    .await?;
+                match reply {
+                    // multipathd answers `ok` also when the map already has the paths' size.
+                    Reply::Ok => Ok(Outcome::Changed),
+                    Reply::Fail(reply) | Reply::Other(reply) => {
+                        Err(ActError::MultipathdRefused { command, reply })
+                    }
+                }
+            }
             Action::DisableQueueing { map } => {
                 self.multipathd(format!("disablequeueing map {map}")).await
             }

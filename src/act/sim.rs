@@ -54,6 +54,15 @@ pub struct SimWorld {
     pub links: BTreeMap<String, String>,
     /// Links on their way: (volume, device) → observations left.
     link_lag: BTreeMap<(String, String), u32>,
+    /// The size the array reports for an LU now; SIM_SIZE_BYTES when not listed. Changing it
+    /// is growing (or shrinking) the LUN on the array: the kernel sees it after a rescan.
+    pub lun_sizes: BTreeMap<Wwid, u64>,
+    /// The size the kernel holds for each disk, read when it was scanned or last rescanned.
+    pub disk_sizes: BTreeMap<String, u64>,
+    /// Disks whose rescan still reads the size they had (an array port that lags behind).
+    pub stale_rescan: BTreeSet<String>,
+    /// `resize map` is refused this many more times, as multipathd does while busy.
+    pub resize_busy: u32,
     deferred_paths: Vec<(String, u32)>,
     next_session: u32,
     next_host: u32,
@@ -232,6 +241,9 @@ impl SimWorld {
         let Some(session) = self.observed.sessions.iter().find(|s| s.host == Some(host)) else {
             return;
         };
+        if session.devices.iter().any(|d| d.hctl.lun == lun) {
+            return;
+        }
         let wwid = self
             .targets
             .get(&session.target)
@@ -244,6 +256,8 @@ impl SimWorld {
         };
         self.next_disk += 1;
         let registered = self.observed.registered_wwids.contains(&wwid);
+        let size = self.lun_size(&wwid);
+        self.disk_sizes.insert(disk.clone(), size);
         let Some(session) = self
             .observed
             .sessions
@@ -252,9 +266,6 @@ impl SimWorld {
         else {
             return;
         };
-        if session.devices.iter().any(|d| d.hctl.lun == lun) {
-            return;
-        }
         session.devices.push(LunDevice {
             hctl: Hctl {
                 host,
@@ -278,7 +289,15 @@ impl SimWorld {
         }
     }
 
+    fn lun_size(&self, wwid: &Wwid) -> u64 {
+        self.lun_sizes.get(wwid).copied().unwrap_or(SIM_SIZE_BYTES)
+    }
+
     fn create_map(&mut self, wwid: &Wwid, slaves: Vec<String>) {
+        let size = slaves
+            .first()
+            .and_then(|d| self.disk_sizes.get(d).copied())
+            .unwrap_or_else(|| self.lun_size(wwid));
         let n = self.next_dm;
         self.next_dm += 1;
         self.observed.maps.push(Map {
@@ -293,7 +312,7 @@ impl SimWorld {
             ),
             slaves,
             suspended: false,
-            size_bytes: Some(SIM_SIZE_BYTES),
+            size_bytes: Some(size),
         });
     }
 
@@ -540,12 +559,52 @@ impl SimWorld {
             Action::DisableQueueing { .. } => Ok(Outcome::Changed),
             Action::RescanDevice { hctl } => {
                 let targets = &self.targets;
+                let mut rescanned = Vec::new();
                 for s in self.observed.sessions.iter_mut() {
                     let now = targets.get(&s.target).and_then(|t| t.luns.get(&hctl.lun));
                     if let Some(d) = s.devices.iter_mut().find(|d| &d.hctl == hctl) {
                         d.wwid = now.cloned();
+                        if let (Some(disk), Some(wwid)) = (&d.disk, now) {
+                            rescanned.push((disk.name.clone(), wwid.clone()));
+                        }
                     }
                 }
+                for (disk, wwid) in rescanned {
+                    if !self.stale_rescan.contains(&disk) {
+                        let size = self.lun_size(&wwid);
+                        self.disk_sizes.insert(disk, size);
+                    }
+                }
+                Ok(Outcome::Changed)
+            }
+            Action::ResizeMap { map, .. } => {
+                let refused = || ActError::MultipathdRefused {
+                    command: format!("resize map {map}"),
+                    reply: String::new(),
+                };
+                let Some(m) = self.observed.maps.iter().find(|m| &m.name == map) else {
+                    return Err(refused());
+                };
+                let sizes: BTreeSet<u64> = m
+                    .slaves
+                    .iter()
+                    .filter_map(|d| self.disk_sizes.get(d).copied())
+                    .collect();
+                // multipathd refuses a map whose paths disagree on the size.
+                let [size] = sizes.into_iter().collect::<Vec<_>>()[..] else {
+                    return Err(refused());
+                };
+                if self.resize_busy > 0 {
+                    self.resize_busy -= 1;
+                    return Err(refused());
+                }
+                let Some(m) = self.observed.maps.iter_mut().find(|m| &m.name == map) else {
+                    return Err(refused());
+                };
+                if m.size_bytes == Some(size) {
+                    return Ok(Outcome::AlreadySo);
+                }
+                m.size_bytes = Some(size);
                 Ok(Outcome::Changed)
             }
             Action::NameDevice { key, volume, .. } => {
@@ -676,7 +735,12 @@ impl Host for SimHost {
             .iter()
             .flat_map(|s| &s.devices)
             .filter_map(|d| d.disk.as_ref());
-        observed.disk_sizes = disks.map(|d| (d.name.clone(), SIM_SIZE_BYTES)).collect();
+        observed.disk_sizes = disks
+            .map(|d| {
+                let size = world.disk_sizes.get(&d.name).copied();
+                (d.name.clone(), size.unwrap_or(SIM_SIZE_BYTES))
+            })
+            .collect();
         if world.faults.dns_down {
             observed.resolved.clear();
         }

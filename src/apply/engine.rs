@@ -138,6 +138,14 @@ impl<H: Host + 'static> Engine<H> {
         self.holds = Holds::default();
     }
 
+    /// The array reported that the capacity of the LUN behind these SCSI devices changed:
+    /// the next pass has every live path of their volumes re-read it, and grows the map once
+    /// they agree (see [`crate::plan::resize`]). Devices of no volume in the file are
+    /// forgotten at that pass.
+    pub fn capacity_changed(&mut self, devices: impl IntoIterator<Item = Hctl>) {
+        self.memory.capacity_changed.extend(devices);
+    }
+
     /// Sessions that turned healthy again since the last look, after having been healthy
     /// before (a login in progress is not a recovery): their devices' identity is read again
     /// before it is trusted.
@@ -162,11 +170,24 @@ impl<H: Host + 'static> Engine<H> {
 
     /// Writes what lunkeeper owns; on failure the records in memory stay as they were, so
     /// nothing is acted on that the store does not know.
-    fn save(&mut self, owned: Owned) -> Result<(), ApplyError> {
-        self.store.save(&owned)?;
+    async fn save(&mut self, owned: Owned) -> Result<(), ApplyError> {
+        // Off the event loop on the real host; a write that does not finish in time is an
+        // error like any other, and nothing the claims cover runs.
+        self.host.save_owned(&self.store, &owned).await?;
         self.owned = owned;
         self.unsaved = false;
         Ok(())
+    }
+
+    /// Writes releases recorded since the last save. A failure only leaves a record of
+    /// something already gone; it is written again before the next pass plans anything.
+    pub async fn flush(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        if let Err(e) = self.save(self.owned.clone()).await {
+            warn!(error = %e, "cannot write ownership records; trying again before the next step");
+        }
     }
 
     /// Observes, plans and starts every runnable lane that is not running already.
@@ -174,7 +195,7 @@ impl<H: Host + 'static> Engine<H> {
     pub async fn pass(&mut self, desired: &Desired) -> Result<Pass, ApplyError> {
         if self.unsaved {
             // A release that could not be written is retried before anything is planned.
-            self.save(self.owned.clone())?;
+            self.save(self.owned.clone()).await?;
         }
         let observed = self.host.observe(desired).await?;
         self.note_recoveries(&observed);
@@ -188,6 +209,7 @@ impl<H: Host + 'static> Engine<H> {
             })
             .collect();
         self.memory.recovered.retain(|h| asked.contains(h));
+        self.memory.capacity_changed.retain(|h| asked.contains(h));
         self.holds.retain_planned(&plan);
         self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
@@ -200,7 +222,7 @@ impl<H: Host + 'static> Engine<H> {
             claimed |= ownership::claim(&mut claims, action);
         }
         if claimed {
-            self.save(claims)?;
+            self.save(claims).await?;
         }
         let started = plan.lanes.len();
         for lane in &plan.lanes {
@@ -222,7 +244,9 @@ impl<H: Host + 'static> Engine<H> {
         let Some(joined) = self.tasks.join_next().await else {
             return Ok(false);
         };
-        self.record(joined)
+        let recorded = self.record(joined);
+        self.flush().await;
+        recorded
     }
 
     /// Records a lane that has already finished, without waiting; false when none has.
@@ -254,6 +278,7 @@ impl<H: Host + 'static> Engine<H> {
             dirty |= ownership::release(&mut self.owned, action);
             if let Action::RescanDevice { hctl } = action {
                 self.memory.recovered.remove(hctl);
+                self.memory.capacity_changed.remove(hctl);
             }
             self.holds.succeeded(action, &self.policy);
             let changed = *outcome == Outcome::Changed;
@@ -283,16 +308,9 @@ impl<H: Host + 'static> Engine<H> {
                 }
             }
         }
-        if dirty || self.unsaved {
-            // A release not written only leaves a record of something already gone; the next
-            // pass writes it before planning.
-            if let Err(e) = self.store.save(&self.owned) {
-                warn!(error = %e, "cannot write ownership records; trying again before the next step");
-                self.unsaved = true;
-            } else {
-                self.unsaved = false;
-            }
-        }
+        // Written by `flush` (after `finish_one`) or first thing in the next pass, off the
+        // event loop either way.
+        self.unsaved |= dirty;
         Ok(true)
     }
 

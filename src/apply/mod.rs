@@ -6,6 +6,7 @@ mod engine;
 #[cfg(test)]
 mod fault_tests;
 mod holds;
+pub mod resize;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -132,6 +133,7 @@ pub async fn apply<H: Host + 'static>(
     wake: &mut impl Wake,
 ) -> Result<Report, ApplyError> {
     let probe = Rc::clone(&host);
+    let entered = Instant::now();
     let mut engine = Engine::new(host, store.clone(), opts.retry)?;
     if !opts.allow_mass_detach {
         if let Some(refused) = mass_detach::check(desired, engine.owned()) {
@@ -139,6 +141,7 @@ pub async fn apply<H: Host + 'static>(
         }
     }
     preflight_ok(probe.as_ref(), desired, opts.preflight_wait).await?;
+    let preflight_ms = entered.elapsed().as_millis() as u64;
     let deadline = Instant::now() + opts.timeout;
     let began = Instant::now();
     let (mut looks, mut looking) = (0u32, Duration::ZERO);
@@ -167,6 +170,7 @@ pub async fn apply<H: Host + 'static>(
                 engine.abandon().await;
             }
             tracing::info!(
+                preflight_ms,
                 looks,
                 looking_ms = looking.as_millis() as u64,
                 total_ms = began.elapsed().as_millis() as u64,

@@ -13,12 +13,12 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use super::iscsi_events::{IscsiEvents, IscsiEventsError};
-use super::udev::{relevant, UdevMonitor};
+use super::udev::{capacity_changed, relevant, UdevMonitor};
 use super::watch::ConfigWatcher;
 use crate::act::{preflight, Host, Missing};
 use crate::apply::{Engine, Pass, RetryPolicy};
 use crate::desired::{self, Desired, Diff};
-use crate::files::write_atomic;
+use crate::files::LatestWriter;
 use crate::lock::{self, HeldLock, LockError};
 use crate::metrics::{MetricsWriter, Snapshot};
 use crate::owned::{Owned, OwnedStore};
@@ -108,9 +108,17 @@ const PREFLIGHT_RECHECK: Duration = Duration::from_secs(3);
 /// While everything is there, preflight is repeated at most this often: a pass can run every
 /// 100 ms after an event, and a service that died shows in the failing steps meanwhile.
 const PREFLIGHT_FRESH: Duration = Duration::from_secs(5);
+/// How often, while nothing else happens, the daemon checks that iscsid, multipathd and udevd
+/// still run: one of them killed raises no event, and status must name it within seconds, not
+/// at the next resync. A read of /proc/net/unix, far cheaper than a pass.
+const SERVICE_WATCH: Duration = Duration::from_secs(5);
 /// How often it looks during that time: sysfs reads are cheap, and a session's state flips a
 /// few hundred milliseconds after the event that announced the trouble.
 const FOLLOW_UP_POLL: Duration = Duration::from_millis(100);
+/// Looks that find nothing new come further and further apart, up to this: a volume that
+/// stays degraded (a portal down for hours) or a portal that flaps costs a look every 2 s, not
+/// ten a second. Anything that changes arrives as an event and starts the intervals over.
+const POLL_BACKOFF_CAP: Duration = Duration::from_secs(2);
 pub const LOCK_FILE: &str = lock::DAEMON_LOCK;
 /// How often the daemon tries again for the planner lock while an `apply` holds it.
 const PLANNER_LOCK_RETRY: Duration = Duration::from_millis(500);
@@ -151,6 +159,9 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     // After an event the kernel, iscsid and multipathd keep moving for a moment (a session turns
     // FAILED a little after its connection error), so the daemon keeps looking for this long.
     let mut follow_up_until: Option<Instant> = None;
+    // The interval to the next look while following up or waiting; doubled after each look the
+    // timer asked for, reset by anything else that wakes the daemon.
+    let mut poll_every = FOLLOW_UP_POLL;
 
     let probe = Rc::clone(&host);
     let mut gate = Preflight::default();
@@ -167,8 +178,10 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
     let mut told_units = false;
     let mut dirty = true;
     let mut wake_at: Option<Instant> = None;
-    let mut last_status: Option<DaemonStatus> = None;
+    let mut last_status = Published::new(&opts.runtime_dir.join(STATUS_FILE));
     let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
+    let mut service_watch = tokio::time::interval_at(Instant::now() + SERVICE_WATCH, SERVICE_WATCH);
+    service_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics = MetricsWriter::default();
     let mut telemetry = Telemetry::default();
 
@@ -183,10 +196,11 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                 Some(_) if waiting.is_some() => {
                     // Nothing is acted on; the volumes are shown as last seen.
                     let volumes = last_status
+                        .last
                         .as_ref()
                         .map(|s| s.volumes.clone())
                         .unwrap_or_default();
-                    publish(&opts, &config, volumes, waiting, &mut last_status);
+                    publish(&config, volumes, waiting, &mut last_status);
                     wake_at = Some(Instant::now() + PREFLIGHT_RECHECK);
                     false
                 }
@@ -201,15 +215,14 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                                 .map(|v| v.name.clone())
                                 .collect()
                         });
-                        publish(
-                            &opts,
-                            &config,
-                            judged.status.volumes,
-                            None,
-                            &mut last_status,
-                        );
+                        publish(&config, judged.status.volumes, None, &mut last_status);
                         let following = follow_up_until.is_some_and(|t| Instant::now() < t);
-                        let every = if following { FOLLOW_UP_POLL } else { opts.poll };
+                        let every = if following {
+                            poll_every
+                        } else {
+                            poll_every.max(opts.poll)
+                        };
+                        poll_every = (every * 2).min(POLL_BACKOFF_CAP.max(opts.poll));
                         wake_at =
                             next_wake(judged.waiting || following, every, engine.next_release());
                         judged.settled
@@ -221,12 +234,13 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
                     }
                 },
                 None => {
-                    publish(&opts, &config, Vec::new(), None, &mut last_status);
+                    publish(&config, Vec::new(), None, &mut last_status);
                     true
                 }
             };
             let snapshot = Snapshot {
                 volumes: last_status
+                    .last
                     .as_ref()
                     .map(|s| s.volumes.clone())
                     .unwrap_or_default(),
@@ -273,6 +287,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             }
         }
 
+        let mut timer_woke = false;
         tokio::select! {
             finished = engine.finish_one(), if engine.is_running() => {
                 finished?;
@@ -304,6 +319,19 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             batch = next_udev(&mut udev) => {
                 match batch {
                     Ok(events) if events.iter().any(relevant) => {
+                        // The kernel passes a grown LUN on but does not rescan: the next
+                        // pass has every path of the device's volume re-read its capacity.
+                        let resized: Vec<_> =
+                            events.iter().filter_map(capacity_changed).collect();
+                        if !resized.is_empty() {
+                            let devices: Vec<String> =
+                                resized.iter().map(ToString::to_string).collect();
+                            info!(
+                                devices = %devices.join(","),
+                                "the array reports a changed LUN capacity"
+                            );
+                            engine.capacity_changed(resized);
+                        }
                         dirty = true;
                         follow_up_until = Some(Instant::now() + FOLLOW_UP);
                     }
@@ -317,14 +345,25 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             _ = sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {
                 wake_at = None;
                 dirty = true;
+                timer_woke = true;
             }
             _ = resync.tick() => dirty = true,
+            _ = service_watch.tick() => {
+                if let Some(desired) = &config.desired {
+                    dirty = gate.changed(probe.as_ref(), desired).await;
+                }
+            }
             _ = sleep_until(next_watchdog.unwrap_or_else(far_future)), if next_watchdog.is_some() => {
                 notify(&[NotifyState::Watchdog]);
                 next_watchdog = watchdog.map(|w| Instant::now() + w);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        // Something other than the poll timer asked for a look: the next ones come quickly
+        // again.
+        if dirty && !timer_woke {
+            poll_every = FOLLOW_UP_POLL;
         }
     }
 
@@ -339,6 +378,7 @@ pub async fn run<H: Host + 'static>(host: Rc<H>, opts: DaemonOptions) -> Result<
             _ = sleep_until(grace) => { engine.abandon().await; }
         }
     }
+    engine.flush().await;
     Ok(())
 }
 
@@ -552,13 +592,30 @@ fn accept<H: Host + 'static>(config: &mut Config, new: Desired, engine: &mut Eng
     config.state.error = None;
 }
 
+/// The status last published, and the writer of status.json.
+struct Published {
+    last: Option<DaemonStatus>,
+    /// status.json is written on a thread of its own: a stalled disk under /run must not hold
+    /// up the event loop (None: that thread could not start; the file is then not written).
+    file: Option<LatestWriter>,
+}
+
+impl Published {
+    fn new(path: &Path) -> Self {
+        let file = LatestWriter::new(path, 0o644, "status file")
+            .map_err(|e| warn!(path = %path.display(), error = %e, "cannot start the status file's writer; status.json is not written"))
+            .ok();
+        Published { last: None, file }
+    }
+}
+
 fn publish(
-    opts: &DaemonOptions,
     config: &Config,
     volumes: Vec<VolumeStatus>,
     waiting: Option<String>,
-    last: &mut Option<DaemonStatus>,
+    published: &mut Published,
 ) {
+    let last = &mut published.last;
     let status = DaemonStatus {
         schema: crate::status::SCHEMA,
         volumes,
@@ -579,11 +636,10 @@ fn publish(
     }
     notify(&[NotifyState::Status(&line)]);
     info!(status = %line, "status");
-    let path = opts.runtime_dir.join(STATUS_FILE);
     match serde_json::to_vec_pretty(&status) {
         Ok(json) => {
-            if let Err(e) = write_atomic(&path, &json, 0o644) {
-                warn!(path = %path.display(), error = %e, "cannot write the status file");
+            if let Some(file) = &published.file {
+                file.write(json);
             }
         }
         Err(e) => warn!(error = %e, "cannot encode the status"),
@@ -620,6 +676,20 @@ struct Preflight {
 }
 
 impl Preflight {
+    /// Whether what acting needs has gone or come back since the last check (the pass that
+    /// follows checks again and says so in status).
+    async fn changed<H: Host>(&mut self, host: &H, desired: &Desired) -> bool {
+        let missing = host.preflight(desired).await.err().unwrap_or_default();
+        if missing == self.missing {
+            if missing.is_empty() {
+                self.ok_at = Some(Instant::now());
+            }
+            return false;
+        }
+        self.ok_at = None;
+        true
+    }
+
     /// `Some("waiting: ...")` while something acting needs is missing.
     async fn check<H: Host>(&mut self, host: &H, desired: &Desired) -> Option<String> {
         let fresh = self.ok_at.is_some_and(|t| t.elapsed() < PREFLIGHT_FRESH);
@@ -821,9 +891,10 @@ mod tests {
         assert!(e.contains("2 of 3"), "{e}");
         assert!(e.contains("state = \"absent\""), "{e}");
         // The published status line carries it (STATUS= and status.json).
-        let mut last = None;
-        publish(&opts, &config, Vec::new(), None, &mut last);
-        let published = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        let path = opts.runtime_dir.join(STATUS_FILE);
+        let mut last = Published::new(&path);
+        publish(&config, Vec::new(), None, &mut last);
+        let published = written_eventually(&path);
         assert!(published.contains("2 of 3"), "{published}");
 
         let local = tokio::task::LocalSet::new();
@@ -1020,6 +1091,46 @@ mod tests {
         assert!(!all_active("", 1));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_goes_between_passes_is_noticed_and_named_at_once() {
+        let sim = network();
+        let d = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+        let mut gate = Preflight::default();
+        assert_eq!(gate.check(&sim, &d).await, None);
+        assert!(!gate.changed(&sim, &d).await, "nothing went");
+        // udevd killed: no event comes, the watch sees it, and the very next pass names
+        // it although the last check is still fresh.
+        sim.lock().missing = vec![Missing::Udevd];
+        assert!(gate.changed(&sim, &d).await);
+        assert!(gate
+            .check(&sim, &d)
+            .await
+            .is_some_and(|w| w.contains("udevd")));
+        assert!(
+            !gate.changed(&sim, &d).await,
+            "still the same missing piece"
+        );
+        sim.lock().missing.clear();
+        assert!(gate.changed(&sim, &d).await, "back again");
+        assert_eq!(gate.check(&sim, &d).await, None);
+    }
+
+    /// The status file's content once its writer thread has written it.
+    fn written_eventually(path: &Path) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never written",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn waiting_is_published_in_status_and_its_line() {
         let dir = tempfile::tempdir().unwrap();
@@ -1029,10 +1140,12 @@ mod tests {
             dir.path().join("run"),
         );
         let config = Config::load(&opts.config, &Owned::default());
-        let mut last = None;
+        std::fs::create_dir_all(&opts.runtime_dir).unwrap();
+        let path = opts.runtime_dir.join(STATUS_FILE);
+        let mut last = Published::new(&path);
         let w = "waiting: iscsid is not running (run `systemctl start iscsid`)".to_string();
-        publish(&opts, &config, Vec::new(), Some(w.clone()), &mut last);
-        let text = std::fs::read_to_string(opts.runtime_dir.join(STATUS_FILE)).unwrap();
+        publish(&config, Vec::new(), Some(w.clone()), &mut last);
+        let text = written_eventually(&path);
         let status: DaemonStatus = serde_json::from_str(&text).unwrap();
         assert_eq!(status.waiting, Some(w));
     }

@@ -240,6 +240,20 @@ pub fn relevant(ev: &UdevEvent) -> bool {
     !(ev.action == "change" && ev.property("DEVTYPE") == Some("partition") && !dm)
 }
 
+/// The SCSI device (one path) through which the array reported that its LUN's capacity
+/// changed: a `change` of a `scsi` device with `SDEV_UA=CAPACITY_DATA_HAS_CHANGED`. The
+/// kernel only passes the unit attention on; the size it holds stays the old one until the
+/// device is rescanned, which the daemon then does for every path of the volume.
+pub fn capacity_changed(ev: &UdevEvent) -> Option<crate::observe::Hctl> {
+    if ev.action != "change"
+        || ev.subsystem != "scsi"
+        || ev.property("SDEV_UA") != Some("CAPACITY_DATA_HAS_CHANGED")
+    {
+        return None;
+    }
+    ev.sysname.parse().ok()
+}
+
 fn is_unrelated_block_device(sysname: &str) -> bool {
     UNRELATED_BLOCK_PREFIXES.iter().any(|prefix| {
         sysname
@@ -596,6 +610,72 @@ mod tests {
         ];
         for ev in &cases {
             assert!(relevant(ev), "{ev}");
+        }
+    }
+
+    #[test]
+    fn a_capacity_unit_attention_names_its_scsi_device() {
+        let ua = event(
+            "change",
+            "scsi",
+            "6:0:0:300",
+            &[
+                ("DEVTYPE", "scsi_device"),
+                ("SDEV_UA", "CAPACITY_DATA_HAS_CHANGED"),
+            ],
+        );
+        assert!(relevant(&ua));
+        assert_eq!(
+            capacity_changed(&ua),
+            Some(crate::observe::Hctl {
+                host: 6,
+                channel: 0,
+                target: 0,
+                lun: 300
+            })
+        );
+    }
+
+    #[test]
+    fn other_events_are_not_capacity_changes() {
+        let cases = [
+            // Another unit attention: the kernel rescans for an inquiry change by itself.
+            event(
+                "change",
+                "scsi",
+                "6:0:0:300",
+                &[("SDEV_UA", "INQUIRY_DATA_HAS_CHANGED")],
+            ),
+            event(
+                "change",
+                "scsi",
+                "6:0:0:300",
+                &[("SDEV_UA", "REPORTED_LUNS_DATA_HAS_CHANGED")],
+            ),
+            event("change", "scsi", "6:0:0:300", &[("DEVTYPE", "scsi_device")]),
+            // Not a change, not a SCSI device, not a device name.
+            event(
+                "add",
+                "scsi",
+                "6:0:0:300",
+                &[("SDEV_UA", "CAPACITY_DATA_HAS_CHANGED")],
+            ),
+            event(
+                "change",
+                "block",
+                "sdc",
+                &[("SDEV_UA", "CAPACITY_DATA_HAS_CHANGED")],
+            ),
+            event(
+                "change",
+                "scsi",
+                "target6:0:0",
+                &[("SDEV_UA", "CAPACITY_DATA_HAS_CHANGED")],
+            ),
+            UdevEvent::overflow(),
+        ];
+        for ev in &cases {
+            assert_eq!(capacity_changed(ev), None, "{ev}");
         }
     }
 

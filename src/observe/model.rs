@@ -27,7 +27,9 @@ pub struct Observed {
     /// link points at (`dm-3`, `sdc`). None when lunkeeper's udev rule is not installed (no
     /// link will come, so nothing waits for one).
     pub links: Option<BTreeMap<String, String>>,
-    /// Sizes in bytes of the disks (`sdX`) of single-path volumes, by kernel name. Read by the
+    /// Sizes in bytes of the disks (`sdX`) of the file's volumes' LUNs, by kernel name: a
+    /// single-path volume's size, and each path's size for a multipath one (a path that
+    /// reports more than its map is how a grown LUN shows, see `plan::resize`). Read by the
     /// caller that knows which disks those are: a host with thousands of paths does not read
     /// every disk's `size` on every look. (A map's size is in [`Map::size_bytes`].)
     pub disk_sizes: BTreeMap<String, u64>,

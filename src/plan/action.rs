@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::desired::{Lun, SecretFile};
 use crate::observe::{Hctl, Wwid};
 use crate::owned::SessionKey;
+use crate::status::human_size;
 
 /// One step lunkeeper can take. Each is idempotent: running it when the world is already so
 /// changes nothing.
@@ -68,10 +69,19 @@ pub enum Action {
     DelPath {
         disk: String,
     },
-    /// Make the kernel read the device's identity again (its cached WWID is stale after the
-    /// LUN behind a session was swapped on the array).
+    /// Make the kernel read the device's identity and capacity again (its cached WWID is
+    /// stale after the LUN behind a session was swapped on the array; its size after the LUN
+    /// was grown, which the kernel reports but does not act on).
     RescanDevice {
         hctl: Hctl,
+    },
+    /// Have multipathd reload the map at the size every path now reports (`resize map`).
+    /// Planned only when every live path agrees on a size larger than the map's: a map is
+    /// never shrunk.
+    ResizeMap {
+        map: String,
+        from_bytes: u64,
+        to_bytes: u64,
     },
     /// Fail queued I/O instead of blocking forever: the map has no live path left.
     DisableQueueing {
@@ -156,6 +166,7 @@ impl Action {
             Action::AddPath { .. } => "add_path",
             Action::DelPath { .. } => "del_path",
             Action::RescanDevice { .. } => "rescan_device",
+            Action::ResizeMap { .. } => "resize_map",
             Action::DisableQueueing { .. } => "disable_queueing",
             Action::FlushMap { .. } => "flush_map",
             Action::DeleteDevice { .. } => "delete_device",
@@ -225,8 +236,18 @@ impl fmt::Display for Action {
             Action::AddPath { disk } => write!(f, "add path {disk} to its multipath map"),
             Action::DelPath { disk } => write!(f, "remove path {disk} from its multipath map"),
             Action::RescanDevice { hctl } => {
-                write!(f, "re-read the identity of SCSI device {hctl}")
+                write!(f, "re-read the identity and capacity of SCSI device {hctl}")
             }
+            Action::ResizeMap {
+                map,
+                from_bytes,
+                to_bytes,
+            } => write!(
+                f,
+                "grow multipath map {map} from {} to {}",
+                human_size(*from_bytes),
+                human_size(*to_bytes)
+            ),
             Action::DisableQueueing { map } => {
                 write!(f, "disable queueing on map {map} (no live path)")
             }

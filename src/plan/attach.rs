@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::resize::{self, Capacity};
 use super::{
     in_use, path_is_live, portal_addr, session_key, Action, ChapSettings, NodeSettings, Planner,
     Subject, Verdict,
@@ -291,6 +292,22 @@ pub(super) fn plan_volume(planner: &mut Planner<'_>, volume: &Volume) {
         );
         planner.lane(Subject::Volume(name), rescans);
         return;
+    }
+
+    // The array said the LUN's capacity changed (on one path; the others hear of it only on
+    // their next command): every live path re-reads it, and the next look compares sizes.
+    if paths
+        .iter()
+        .any(|p| planner.capacity_changed.contains(&p.device.hctl))
+    {
+        actions.extend(
+            paths
+                .iter()
+                .filter(|p| path_is_live(p.session, p.device))
+                .map(|p| Action::RescanDevice {
+                    hctl: p.device.hctl,
+                }),
+        );
     }
 
     let recorded = planner.owned.volumes.get(&name);
@@ -588,7 +605,7 @@ fn refuse_strangers(planner: &mut Planner<'_>, volume: &Volume, strangers: &[&Pa
 }
 
 fn plan_multipath(
-    planner: &Planner<'_>,
+    planner: &mut Planner<'_>,
     volume: &Volume,
     paths: &[Path<'_>],
     wwid: Option<&Wwid>,
@@ -663,7 +680,28 @@ fn plan_multipath(
     if map.suspended {
         waiting.push(format!("map {} is suspended", map.name));
     }
-    if live.len() >= volume.portals.len() && waiting.is_empty() {
+    // Every live path counts, in the map or about to be added: multipathd refuses a path
+    // whose size differs from its map's.
+    let live_disks = paths
+        .iter()
+        .filter(|p| path_is_live(p.session, p.device))
+        .filter_map(|p| p.device.disk.as_ref().map(|d| d.name.as_str()));
+    let capacity = resize::capacity(planner.observed, map, live_disks);
+    if let Capacity::Grown { from, to } = capacity {
+        if !map.suspended {
+            actions.push(Action::ResizeMap {
+                map: map.name.clone(),
+                from_bytes: from,
+                to_bytes: to,
+            });
+        }
+    }
+    let size_problem = resize::problem(volume.name.as_str(), map, &capacity);
+    planner
+        .plan
+        .capacity
+        .insert(volume.name.to_string(), capacity);
+    let verdict = if live.len() >= volume.portals.len() && waiting.is_empty() {
         Verdict::Ready
     } else if live.is_empty() {
         Verdict::Degraded(format!("no live path: {}", waiting.join("; ")))
@@ -674,6 +712,11 @@ fn plan_multipath(
             volume.portals.len(),
             waiting.join("; ")
         ))
+    };
+    match (verdict, size_problem) {
+        (Verdict::Ready, Some(why)) => Verdict::Degraded(why),
+        (Verdict::Degraded(reason), Some(why)) => Verdict::Degraded(format!("{reason}; {why}")),
+        (verdict, _) => verdict,
     }
 }
 

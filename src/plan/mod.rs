@@ -10,6 +10,7 @@ mod attach;
 mod detach;
 pub mod mass_detach;
 pub mod ownership;
+pub mod resize;
 mod verdict;
 
 #[cfg(test)]
@@ -37,6 +38,10 @@ pub struct Plan {
     pub volumes: BTreeMap<String, Verdict>,
     /// Things lunkeeper noticed and deliberately leaves alone.
     pub notes: Vec<String>,
+    /// How each usable multipath volume's map compares with the size its live paths report,
+    /// for `lunkeeper resize` (the verdicts carry the same in words).
+    #[serde(skip)]
+    pub capacity: BTreeMap<String, resize::Capacity>,
 }
 
 impl Plan {
@@ -79,6 +84,11 @@ pub struct Memory {
     /// swapped on the array meanwhile, and the kernel keeps reporting the identity it read
     /// before, so it is made to read it again.
     pub recovered: BTreeSet<Hctl>,
+    /// Paths whose capacity the array reported changed (a unit attention the kernel passes on
+    /// as a uevent but does not act on), or that `lunkeeper resize` asked about: every live
+    /// path of their volume is rescanned, and a grown LUN then shows as paths larger than
+    /// the map (see [`resize`]).
+    pub capacity_changed: BTreeSet<Hctl>,
 }
 
 /// Plans with what the engine remembers (see [`Memory`]).
@@ -134,6 +144,7 @@ pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: 
         by_target,
         maps_by_wwid,
         recovered: &memory.recovered,
+        capacity_changed: &memory.capacity_changed,
         held: BTreeMap::new(),
         present_keys: BTreeSet::new(),
         unresolved_targets: BTreeSet::new(),
@@ -175,6 +186,8 @@ struct Planner<'a> {
     maps_by_wwid: HashMap<&'a Wwid, &'a Map>,
     /// Devices whose identity must be read again before it is trusted.
     recovered: &'a BTreeSet<Hctl>,
+    /// Paths whose volume's paths must re-read their capacity.
+    capacity_changed: &'a BTreeSet<Hctl>,
     /// WWIDs that present volumes hold (seen on their paths or recorded), and by whom: never
     /// flushed, unregistered or unnamed.
     held: BTreeMap<Wwid, Vec<String>>,

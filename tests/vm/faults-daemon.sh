@@ -2,7 +2,8 @@
 # Fault rows of issue 8 that involve the daemon or the host lock, in one boot:
 #   i. `apply` with a different file while the daemon runs: refused (exit 3), nothing of the
 #      daemon's detached;
-#   f. iscsid killed while the daemon runs: status names it; started again: converges;
+#   f. iscsid, multipathd, udevd killed while the daemon runs: status names each; started
+#      again: converges;
 #   e. the LUN behind an attached volume swapped on the array (another backstore at the same LUN
 #      number on one portal's TPG, then the session recovers): the path is re-read, taken out of
 #      the map, never added back; the volume is blocked naming both WWIDs within 10 s; data
@@ -123,6 +124,28 @@ lk_check "f: nothing detached while iscsid is down" lk_map_has_paths "${W[0]}" 2
 lk_wait_for 30 lk_iscsid_ready
 lk_check_wait "f: waiting cleared once iscsid is back" 30 st_is "s.get('waiting')" None
 lk_check_wait "f: r0, r1 and the added r2 ready after iscsid is back" 90 all_ready r0 r1 r2
+
+# (f) multipathd, then udevd, killed -9 while the daemon runs: no event announces it, yet status
+# names each within seconds; nothing is detached; started again: converges.
+for victim in multipathd udevd; do
+  proc=$victim
+  [[ $victim == udevd ]] && proc=systemd-udevd
+  pkill -9 -x "$proc"
+  lk_wait_for 30 bash -c "! pgrep -x $proc >/dev/null"
+  lk_check_wait "f: status names $victim while it is down" 20 st_has "s.get('waiting') or ''" "$victim"
+  lk_check "f: STATUS= names $victim" grep -q "waiting: .*$victim" "$NOTIFY_LOG"
+  lk_check "f: nothing detached while $victim is down" lk_map_has_paths "${W[0]}" 2
+  if [[ $victim == multipathd ]]; then
+    (setsid multipathd -d -s -v3 >>"$OUT/logs/multipathd-2.log" 2>&1 &)
+    lk_wait_for 30 lk_multipathd_ready
+  else
+    for udevd in /lib/systemd/systemd-udevd /usr/lib/systemd/systemd-udevd; do [[ -x $udevd ]] && break; done
+    "$udevd" --daemon
+    lk_wait_for 30 udevadm control --ping
+  fi
+  lk_check_wait "f: waiting cleared once $victim is back" 30 st_is "s.get('waiting')" None
+  lk_check_wait "f: r0, r1 and r2 ready after $victim is back" 90 all_ready r0 r1 r2
+done
 
 # (e) the LUN behind r0 swapped on P2's TPG: another backstore at LUN 0, then recovery.
 dd if=/dev/urandom of=/run/r0.data bs=1M count=4 status=none
