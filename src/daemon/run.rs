@@ -408,8 +408,9 @@ fn judge<H: Host + 'static>(engine: &Engine<H>, desired: &Desired, pass: &Pass) 
     }
 }
 
-/// How long systemctl may take to answer about the device units.
-const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long systemctl may take to answer about the device units. At boot systemd is busy: one
+/// answer took over 2 s in tests/boot. A slower one is asked again, up to READY's deadline.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// systemd's device unit of `/dev/lunkeeper/<name>`, as `systemd-escape --path
 /// --suffix=device` names it: `/` becomes `-`, and every byte but `[A-Za-z0-9:_.]` is
@@ -436,9 +437,12 @@ async fn device_units_active(names: &[String]) -> Result<bool, String> {
     let units: Vec<String> = names.iter().map(|n| device_unit(n)).collect();
     let mut args = vec!["show", "--property=ActiveState", "--value", "--"];
     args.extend(units.iter().map(String::as_str));
-    let out = crate::act::command::run("systemctl", &args, SYSTEMCTL_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = match crate::act::command::run("systemctl", &args, SYSTEMCTL_TIMEOUT).await {
+        Ok(out) => out,
+        // systemd busy with the boot: not known yet, asked again at the next look.
+        Err(crate::act::command::CommandError::Timeout { .. }) => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
     if !out.success() {
         return Err(format!(
             "systemctl show: exit {:?}: {}",
