@@ -279,8 +279,8 @@ fn busy(
 
 /// Why a map cannot be flushed: a partition of it is mounted or held by anything but another
 /// of its partitions (a logical partition in an extended one), or the map itself is mounted or
-/// held by anything but its partitions. Each partition is named as the user knows it, with
-/// where it is mounted.
+/// held by anything but its partitions. Each partition is named as the user knows it, by its
+/// link, with where it is mounted.
 fn map_in_use(
     observed: &crate::observe::Observed,
     volume: &str,
@@ -288,10 +288,9 @@ fn map_in_use(
 ) -> Option<String> {
     let parts: BTreeSet<&str> = map.parts.iter().map(|p| p.dev.name.as_str()).collect();
     for part in &map.parts {
+        // Short, most telling first: `apply` and `status` cut reasons at 100 characters.
         let what = format!(
-            "partition {n} (/dev/lunkeeper/{volume}-part{n}, {}, {})",
-            part.name,
-            part.dev.name,
+            "/dev/lunkeeper/{volume}-part{n} (partition {n})",
             n = part.number
         );
         if let Some(reason) = mounted_at(observed, &what, part.dev.devnum) {
