@@ -721,6 +721,66 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
     }
 
+    /// A `dmsetup` that answers as the real one does for a partition map that is open.
+    fn host_with_dmsetup(dir: &std::path::Path, script: &str) -> RealHost {
+        let program = dir.join("dmsetup");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let mut perm = std::fs::metadata(&program).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&program, perm).unwrap();
+        std::fs::create_dir_all(dir.join("dev/mapper")).unwrap();
+        RealHost::new(RealHostConfig {
+            root: dir.to_path_buf(),
+            dmsetup: program.display().to_string(),
+            ..RealHostConfig::default()
+        })
+    }
+
+    fn remove_part() -> Action {
+        Action::RemovePartitionMap {
+            part: "3600a-part1".into(),
+            map: "3600a".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_partition_map_is_in_use_and_a_gone_one_already_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_dmsetup(
+            dir.path(),
+            "echo \"$*\" >\"$(dirname \"$0\")/argv\"\n\
+             echo 'device-mapper: remove ioctl on 3600a-part1  failed: Device or resource busy' >&2\n\
+             exit 1",
+        );
+        // No node: nothing to remove, and dmsetup is not even run.
+        let done = host.execute(&remove_part()).await.unwrap();
+        assert_eq!(done, Outcome::AlreadySo);
+        assert!(!dir.path().join("argv").exists());
+
+        std::fs::write(dir.path().join("dev/mapper/3600a-part1"), "").unwrap();
+        let err = host.execute(&remove_part()).await.unwrap_err();
+        assert!(
+            matches!(&err, ActError::Sysfs(SysfsError::InUse { device, .. }) if device == "3600a-part1"),
+            "{err}"
+        );
+        assert!(!err.is_permanent());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("argv")).unwrap(),
+            "remove --retry -- 3600a-part1\n",
+            "never --force, never --deferred"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_partition_map_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_dmsetup(dir.path(), "rm -f \"$(dirname \"$0\")/dev/mapper/$4\"");
+        std::fs::write(dir.path().join("dev/mapper/3600a-part1"), "").unwrap();
+        let done = host.execute(&remove_part()).await.unwrap();
+        assert_eq!(done, Outcome::Changed);
+        assert!(!dir.path().join("dev/mapper/3600a-part1").exists());
+    }
+
     #[tokio::test]
     async fn a_stuck_scan_is_transient_and_the_next_one_on_that_host_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
