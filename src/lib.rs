@@ -34,7 +34,7 @@ pub mod fuzzing {
     pub use crate::daemon::udev::{relevant as udev_relevant, UdevEvent};
     pub use crate::desired::{locate, parse as parse_config, ConfigError};
     pub use crate::observe::sysfs::{
-        parse_ip, parse_mountinfo, parse_portal_name, parse_registered_wwids,
+        parse_ip, parse_mount_points, parse_mountinfo, parse_portal_name, parse_registered_wwids,
     };
     pub use crate::observe::{DevNum, Hctl, SessionState, Wwid};
 }

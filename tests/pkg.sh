@@ -76,6 +76,7 @@ ctl=$work/root/DEBIAN
 echo "== control and maintainer scripts"
 check "depends on open-iscsi" grep -qE '^Depends:.*\bopen-iscsi\b' "$ctl/control"
 check "depends on multipath-tools" grep -qE '^Depends:.*\bmultipath-tools\b' "$ctl/control"
+check "depends on dmsetup (partition maps are removed with it)" grep -qE '^Depends:.*\bdmsetup\b' "$ctl/control"
 check "/etc/lunkeeper/volumes.toml is a conffile" grep -qx /etc/lunkeeper/volumes.toml "$ctl/conffiles"
 check "the packaged file is accepted and declares no volumes" \
   bash -c '"$1" validate --config "$2" | grep -q "no volumes declared"' _ \

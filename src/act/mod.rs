@@ -57,6 +57,14 @@ pub enum ActError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Command(#[from] command::CommandError),
+    #[error("{command} failed (exit {code:?}): {stderr}")]
+    Dmsetup {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
 }
 
 impl ActError {

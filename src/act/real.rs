@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::command;
 use super::iscsiadm::{self, Done, Iscsiadm};
 use super::multipathd::{Multipathd, Reply};
 use super::offload::Offload;
@@ -22,12 +23,19 @@ use crate::plan::{Action, NodeSettings};
 const RESIZE_ATTEMPTS: u32 = 5;
 const RESIZE_RETRY_FIRST: Duration = Duration::from_millis(100);
 
+/// `dmsetup remove` of one partition map: an ioctl, then a wait for udev to have processed the
+/// removal (udev sync). `--retry` tries again for a few seconds while udev's own probe still
+/// holds the device open. A udev that does not answer must not hold up the lane for longer.
+const DMSETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct RealHostConfig {
     /// `/` in production; everything in sysfs, /dev and /proc is read below it.
     pub root: PathBuf,
     pub iscsiadm: Iscsiadm,
     pub multipathd: Multipathd,
+    /// The `dmsetup` program (partition maps are removed with it).
+    pub dmsetup: String,
     /// How long to wait for another writer's lock on `etc/multipath/wwids` below `root`.
     pub wwids_lock_timeout: Duration,
     /// A targeted scan waits for the target to answer INQUIRY and friends.
@@ -52,6 +60,7 @@ impl Default for RealHostConfig {
             root: PathBuf::from("/"),
             iscsiadm: Iscsiadm::default(),
             multipathd: Multipathd::default(),
+            dmsetup: "dmsetup".to_string(),
             wwids_lock_timeout: Duration::from_secs(10),
             scan_timeout: Duration::from_secs(30),
             delete_timeout: Duration::from_secs(60),
@@ -232,21 +241,95 @@ impl RealHost {
             None => self.dm_with_uuid(key),
         };
         if let Some(device) = device {
-            let uevent = self
-                .config
-                .root
-                .join("sys/class/block")
-                .join(device)
-                .join("uevent");
-            sysfs::write_attr(
-                &self.offload,
-                uevent,
-                "change".into(),
-                self.config.scan_timeout,
-            )
-            .await?;
+            // Its partitions (made before the mapping existed, e.g. on a volume adopted with
+            // a partition table) read the same mapping for their -partN links.
+            let partitions = self.partitions_of(&device, key);
+            for dev in std::iter::once(device).chain(partitions) {
+                let uevent = self
+                    .config
+                    .root
+                    .join("sys/class/block")
+                    .join(dev)
+                    .join("uevent");
+                sysfs::write_attr(
+                    &self.offload,
+                    uevent,
+                    "change".into(),
+                    self.config.scan_timeout,
+                )
+                .await?;
+            }
         }
         Ok(Outcome::Changed)
+    }
+
+    /// The partitions of `device`: `sdXN` below a disk, or the kpartx maps holding a map
+    /// whose uuid is `part<N>-<key>` (`key` is the map's uuid, `mpath-<wwid>`).
+    fn partitions_of(&self, device: &str, key: &str) -> Vec<String> {
+        let dir = self.config.root.join("sys/class/block").join(device);
+        if device.starts_with("dm-") {
+            let Ok(holders) = std::fs::read_dir(dir.join("holders")) else {
+                return Vec::new();
+            };
+            let suffix = format!("-{key}");
+            holders
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let uuid =
+                        std::fs::read_to_string(dir.join("holders").join(&name).join("dm/uuid"))
+                            .ok()?;
+                    let uuid = uuid.trim_end();
+                    (uuid.starts_with("part") && uuid.ends_with(&suffix)).then_some(name)
+                })
+                .collect()
+        } else {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Vec::new();
+            };
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    (name.starts_with(device) && dir.join(&name).join("partition").exists())
+                        .then_some(name)
+                })
+                .collect()
+        }
+    }
+
+    /// Removes a kpartx partition map by its name. The kernel refuses to remove a dm device
+    /// that is open (mounted, held, opened by anyone), so no force and no deferred removal:
+    /// a busy partition stays and the lane ends with the refusal.
+    async fn remove_partition_map(&self, part: &str) -> Result<Outcome, ActError> {
+        if !self.map_exists(part) {
+            return Ok(Outcome::AlreadySo);
+        }
+        let done = command::run(
+            &self.config.dmsetup,
+            &["remove", "--retry", "--", part],
+            DMSETUP_TIMEOUT,
+        )
+        .await?;
+        if done.success() {
+            return Ok(Outcome::Changed);
+        }
+        if !self.map_exists(part) {
+            return Ok(Outcome::AlreadySo);
+        }
+        let stderr = done.stderr.trim().to_string();
+        if stderr.contains("busy") {
+            return Err(SysfsError::InUse {
+                device: part.to_string(),
+                reason: format!("dmsetup: {stderr}"),
+            }
+            .into());
+        }
+        Err(ActError::Dmsetup {
+            command: format!("dmsetup remove {part}"),
+            code: done.code,
+            stderr,
+        })
     }
 
     /// The `dm-N` whose device-mapper uuid is `uuid`, if any.
@@ -488,6 +571,7 @@ impl Host for RealHost {
             Action::DisableQueueing { map } => {
                 self.multipathd(format!("disablequeueing map {map}")).await
             }
+            Action::RemovePartitionMap { part, .. } => self.remove_partition_map(part).await,
             Action::FlushMap { map } => match self.multipathd(format!("del map {map}")).await {
                 Err(ActError::MultipathdRefused { .. }) if !self.map_exists(map) => {
                     Ok(Outcome::AlreadySo)
@@ -635,6 +719,66 @@ mod tests {
             assert!(err.to_string().contains("chap.password_file"), "{err}");
         }
         assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
+    }
+
+    /// A `dmsetup` that answers as the real one does for a partition map that is open.
+    fn host_with_dmsetup(dir: &std::path::Path, script: &str) -> RealHost {
+        let program = dir.join("dmsetup");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let mut perm = std::fs::metadata(&program).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&program, perm).unwrap();
+        std::fs::create_dir_all(dir.join("dev/mapper")).unwrap();
+        RealHost::new(RealHostConfig {
+            root: dir.to_path_buf(),
+            dmsetup: program.display().to_string(),
+            ..RealHostConfig::default()
+        })
+    }
+
+    fn remove_part() -> Action {
+        Action::RemovePartitionMap {
+            part: "3600a-part1".into(),
+            map: "3600a".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_partition_map_is_in_use_and_a_gone_one_already_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_dmsetup(
+            dir.path(),
+            "echo \"$*\" >\"$(dirname \"$0\")/argv\"\n\
+             echo 'device-mapper: remove ioctl on 3600a-part1  failed: Device or resource busy' >&2\n\
+             exit 1",
+        );
+        // No node: nothing to remove, and dmsetup is not even run.
+        let done = host.execute(&remove_part()).await.unwrap();
+        assert_eq!(done, Outcome::AlreadySo);
+        assert!(!dir.path().join("argv").exists());
+
+        std::fs::write(dir.path().join("dev/mapper/3600a-part1"), "").unwrap();
+        let err = host.execute(&remove_part()).await.unwrap_err();
+        assert!(
+            matches!(&err, ActError::Sysfs(SysfsError::InUse { device, .. }) if device == "3600a-part1"),
+            "{err}"
+        );
+        assert!(!err.is_permanent());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("argv")).unwrap(),
+            "remove --retry -- 3600a-part1\n",
+            "never --force, never --deferred"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_partition_map_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_with_dmsetup(dir.path(), "rm -f \"$(dirname \"$0\")/dev/mapper/$4\"");
+        std::fs::write(dir.path().join("dev/mapper/3600a-part1"), "").unwrap();
+        let done = host.execute(&remove_part()).await.unwrap();
+        assert_eq!(done, Outcome::Changed);
+        assert!(!dir.path().join("dev/mapper/3600a-part1").exists());
     }
 
     #[tokio::test]

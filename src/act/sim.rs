@@ -12,7 +12,8 @@ use super::sysfs::SysfsError;
 use super::{ActError, Host, ObserveFailure, Outcome};
 use crate::desired::Desired;
 use crate::observe::{
-    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid,
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, PartMap, Session, SessionState,
+    Wwid,
 };
 use crate::plan::Action;
 
@@ -313,7 +314,31 @@ impl SimWorld {
             slaves,
             suspended: false,
             size_bytes: Some(size),
+            parts: Vec::new(),
         });
+    }
+
+    /// Writes a partition table with partition `number` on the WWID's map, as sfdisk would:
+    /// multipath-tools' udev rule runs kpartx, which makes `<map>-part<N>` holding the map.
+    /// Returns the partition map's device (for mounting it or stacking LVM on it).
+    pub fn partition(&mut self, wwid: &Wwid, number: u32) -> Option<BlockDev> {
+        let n = self.next_dm;
+        let map = self.observed.maps.iter_mut().find(|m| &m.wwid == wwid)?;
+        self.next_dm += 1;
+        let dev = blockdev(
+            format!("dm-{n}"),
+            DevNum {
+                major: 253,
+                minor: n,
+            },
+        );
+        map.dev.holders.push(dev.name.clone());
+        map.parts.push(PartMap {
+            number,
+            name: format!("{}-part{number}", map.name),
+            dev: dev.clone(),
+        });
+        Some(dev)
     }
 
     fn disks_with(&self, wwid: &Wwid) -> Vec<String> {
@@ -613,6 +638,29 @@ impl SimWorld {
             }
             Action::UnnameDevice { key } => {
                 self.observed.names.remove(key);
+                Ok(Outcome::Changed)
+            }
+            Action::RemovePartitionMap { part, map } => {
+                let mounted = &self.observed.mounted;
+                let Some(m) = self.observed.maps.iter_mut().find(|m| &m.name == map) else {
+                    return Ok(Outcome::AlreadySo);
+                };
+                let Some(i) = m.parts.iter().position(|p| &p.name == part) else {
+                    return Ok(Outcome::AlreadySo);
+                };
+                let Some(p) = m.parts.get(i) else {
+                    return Ok(Outcome::AlreadySo);
+                };
+                // The kernel refuses to remove an open dm device.
+                if mounted.contains(&p.dev.devnum) || !p.dev.holders.is_empty() {
+                    return Err(SysfsError::InUse {
+                        device: part.clone(),
+                        reason: "dmsetup: Device or resource busy".into(),
+                    }
+                    .into());
+                }
+                let gone = m.parts.remove(i);
+                m.dev.holders.retain(|h| h != &gone.dev.name);
                 Ok(Outcome::Changed)
             }
             Action::FlushMap { map } => {

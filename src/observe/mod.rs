@@ -10,7 +10,7 @@ pub(crate) mod sysfs;
 mod wwid;
 
 pub use model::{
-    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState,
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, PartMap, Session, SessionState,
 };
 pub use sysfs::{observe, read_disk_sizes, registered_in_line, sectors_to_bytes, ObserveError};
 pub use wwid::{Wwid, WwidError};

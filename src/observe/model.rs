@@ -18,6 +18,9 @@ pub struct Observed {
     pub registered_wwids: BTreeSet<Wwid>,
     /// Block devices that carry a mounted file system (from `/proc/self/mountinfo`).
     pub mounted: BTreeSet<DevNum>,
+    /// Where each of those is mounted (the first mount point mountinfo lists, as it escapes
+    /// it), to name it when the device cannot be taken away.
+    pub mount_points: BTreeMap<DevNum, String>,
     /// Portal host names resolved to addresses, keyed by the portal as written (`host:port`).
     /// Filled by the caller that does DNS; sysfs knows only addresses.
     pub resolved: BTreeMap<String, SocketAddr>,
@@ -190,6 +193,21 @@ pub struct Map {
     pub suspended: bool,
     /// The map's size in bytes (`size` in 512-byte sectors); None when unreadable.
     pub size_bytes: Option<u64>,
+    /// The kpartx partition maps stacked on this map, by partition number. They hold the map
+    /// (they are in `dev.holders`), so they must go before the map can be flushed.
+    pub parts: Vec<PartMap>,
+}
+
+/// A partition of a multipath map: the linear dm device multipath-tools' udev rule makes with
+/// kpartx, uuid `part<N>-mpath-<wwid>`, named `<map>-part<N>` (Debian: `kpartx -p -part`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartMap {
+    /// N of `part<N>`.
+    pub number: u32,
+    /// The map's name in `/dev/mapper`.
+    pub name: String,
+    /// The dm block device (`dm-N`) with its own holders (LVM, md, ...).
+    pub dev: BlockDev,
 }
 
 /// One node record of open-iscsi's database.

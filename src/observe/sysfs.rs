@@ -30,7 +30,8 @@ use nix::sys::stat::SFlag;
 
 use super::dirfd::{self, DType, DirFd, ATTR_MAX, AT_FDCWD, DT_DIR, DT_REG};
 use super::{
-    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, Session, SessionState, Wwid,
+    BlockDev, DevNum, Hctl, LunDevice, Map, NodeRecord, Observed, PartMap, Session, SessionState,
+    Wwid,
 };
 
 /// Why no snapshot could be taken at all.
@@ -84,12 +85,14 @@ pub fn observe(root: &Path) -> Result<Observed, ObserveError> {
     }
     let blocks = BlockIndex::read(root)?;
     let sessions = sessions(root, &blocks)?;
+    let mount_points = mounted(root)?;
     Ok(Observed {
         sessions,
         maps: blocks.into_maps(),
         node_records: node_records(root)?,
         registered_wwids: registered_wwids(root)?,
-        mounted: mounted(root)?,
+        mounted: mount_points.keys().copied().collect(),
+        mount_points,
         names: super::names::read_names(root),
         links: super::names::read_links(root),
         ..Observed::default()
@@ -108,6 +111,8 @@ struct BlockIndex {
     /// The dm devices whose uuid is `mpath-<wwid>`, sorted by map name, each with whether
     /// `dev/mapper/<name>` exists.
     mpaths: Vec<(MpathDm, bool)>,
+    /// The dm devices whose uuid is `part<N>-mpath-<wwid>` (kpartx partitions of a map).
+    parts: Vec<PartDm>,
     /// Names in `dev` that are no indexed device.
     other_dev_nodes: HashSet<String>,
     /// Entries of `run/udev/data` (`b8:16`): block devices udev has processed.
@@ -141,11 +146,29 @@ struct MpathDm {
     size_bytes: Option<u64>,
 }
 
+/// What `dm/` says of a kpartx partition map.
+#[derive(Debug)]
+struct PartDm {
+    /// `dm-N`.
+    kernel_name: String,
+    number: u32,
+    wwid: Wwid,
+    name: String,
+    /// `slaves/`: the map it is a partition of (normally exactly one).
+    slaves: Vec<String>,
+}
+
+/// What `dm/uuid` makes of a device-mapper device.
+enum DmKind {
+    Mpath(MpathDm),
+    Part(PartDm),
+}
+
 /// What is read below a virtual device's directory.
 struct Stacked {
     name: String,
     slaves: Vec<String>,
-    mpath: Option<MpathDm>,
+    dm: Option<DmKind>,
 }
 
 impl BlockIndex {
@@ -211,7 +234,14 @@ impl BlockIndex {
             for slave in &s.slaves {
                 ix.update(slave, |e| e.holders.push(s.name.clone()));
             }
-            ix.mpaths.extend(s.mpath.map(|m| (m, false)));
+            match s.dm {
+                Some(DmKind::Mpath(m)) => ix.mpaths.push((m, false)),
+                Some(DmKind::Part(mut p)) => {
+                    p.slaves = s.slaves.clone();
+                    ix.parts.push(p);
+                }
+                None => {}
+            }
             ix.update(&s.name, |e| e.slaves = s.slaves);
         }
         for e in ix.entries.values_mut() {
@@ -304,6 +334,8 @@ impl BlockIndex {
     /// (`partN-mpath-…`), LVM and other dm devices are not multipath maps.
     fn into_maps(mut self) -> Vec<Map> {
         let mpaths = std::mem::take(&mut self.mpaths);
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|p| p.number);
         mpaths
             .into_iter()
             .filter_map(|(m, present)| {
@@ -314,6 +346,19 @@ impl BlockIndex {
                     .get_mut(&m.kernel_name)
                     .map(|e| std::mem::take(&mut e.slaves))
                     .unwrap_or_default();
+                // A partition of this map: its uuid names the map's WWID and it sits on the
+                // map itself. Both, so a stray device with a copied uuid is nobody's partition.
+                let parts = parts
+                    .iter()
+                    .filter(|p| p.wwid == m.wwid && p.slaves.contains(&m.kernel_name))
+                    .filter_map(|p| {
+                        Some(PartMap {
+                            number: p.number,
+                            name: p.name.clone(),
+                            dev: self.block_dev(&p.kernel_name, None)?,
+                        })
+                    })
+                    .collect();
                 Some(Map {
                     dev,
                     slaves,
@@ -321,6 +366,7 @@ impl BlockIndex {
                     wwid: m.wwid,
                     suspended: m.suspended,
                     size_bytes: m.size_bytes,
+                    parts,
                 })
             })
             .collect()
@@ -341,43 +387,63 @@ fn stacked(
         .and_then(|d| d.names().ok())
         .unwrap_or_default();
     slaves.sort();
-    let mpath = match base {
-        Some(b) if name.starts_with("dm-") => mpath_dm(b, name, scratch, buf),
+    let dm = match base {
+        Some(b) if name.starts_with("dm-") => dm_kind(b, name, scratch, buf),
         _ => None,
     };
     Stacked {
         name: name.to_string(),
         slaves,
-        mpath,
+        dm,
     }
 }
 
-fn mpath_dm(
+/// A multipath map (uuid `mpath-<wwid>`) or one of its kpartx partitions
+/// (`part<N>-mpath-<wwid>`); any other dm device is None.
+fn dm_kind(
     base: BorrowedFd<'_>,
     name: &str,
     scratch: &mut String,
     buf: &mut [u8; ATTR_MAX],
-) -> Option<MpathDm> {
-    let uuid = dirfd::read_attr_at(base, join_in(scratch, name, "dm/uuid"), buf).ok()?;
-    let wwid = Wwid::from_str(uuid.strip_prefix("mpath-")?).ok()?;
+) -> Option<DmKind> {
+    let uuid = dirfd::read_attr_at(base, join_in(scratch, name, "dm/uuid"), buf)
+        .ok()?
+        .into_owned();
+    let (part, wwid) = match uuid.strip_prefix("mpath-") {
+        Some(w) => (None, w),
+        None => {
+            let (number, w) = uuid.strip_prefix("part")?.split_once("-mpath-")?;
+            (Some(number.parse::<u32>().ok()?), w)
+        }
+    };
+    let wwid = Wwid::from_str(wwid).ok()?;
     let map_name = dirfd::read_attr_at(base, join_in(scratch, name, "dm/name"), buf)
         .ok()?
         .into_owned();
     if map_name.is_empty() {
         return None;
     }
+    if let Some(number) = part {
+        return Some(DmKind::Part(PartDm {
+            kernel_name: name.to_string(),
+            number,
+            wwid,
+            name: map_name,
+            slaves: Vec::new(),
+        }));
+    }
     let suspended = dirfd::read_attr_at(base, join_in(scratch, name, "dm/suspended"), buf)
         .is_ok_and(|s| s == "1");
     let size_bytes = dirfd::read_attr_at(base, join_in(scratch, name, "size"), buf)
         .ok()
         .and_then(|s| sectors_to_bytes(&s));
-    Some(MpathDm {
+    Some(DmKind::Mpath(MpathDm {
         kernel_name: name.to_string(),
         wwid,
         name: map_name,
         suspended,
         size_bytes,
-    })
+    }))
 }
 
 /// The sizes in bytes of the disks of `volumes` (target, LUN), by kernel name; a disk whose
@@ -885,12 +951,27 @@ pub fn registered_in_line(line: &[u8]) -> Option<(usize, Wwid)> {
     Some((lead, Wwid::from_str(inner).ok()?))
 }
 
-/// The `maj:min` (third) field of every mountinfo line.
-fn mounted(root: &Path) -> Result<BTreeSet<DevNum>, ObserveError> {
+/// The `maj:min` (third) field of every mountinfo line, with its first mount point.
+fn mounted(root: &Path) -> Result<std::collections::BTreeMap<DevNum, String>, ObserveError> {
     let Some(text) = top_level_file(&root.join("proc/self/mountinfo"))? else {
-        return Ok(BTreeSet::new());
+        return Ok(std::collections::BTreeMap::new());
     };
-    Ok(parse_mountinfo(&text))
+    Ok(parse_mount_points(&text))
+}
+
+/// Device → its first mount point (the fifth field, escaped as mountinfo escapes it), for
+/// every line of a mountinfo text whose third field is a `maj:min`.
+pub fn parse_mount_points(text: &str) -> std::collections::BTreeMap<DevNum, String> {
+    let mut points = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(devnum) = fields.nth(2).and_then(|f| f.parse().ok()) else {
+            continue;
+        };
+        let point = fields.nth(1).unwrap_or_default().to_string();
+        points.entry(devnum).or_insert(point);
+    }
+    points
 }
 
 /// The `maj:min` (third) field of every line of a mountinfo text.
@@ -1048,6 +1129,15 @@ mod tests {
         [devnum(259, 1), devnum(0, 20), devnum(0, 21)].into()
     }
 
+    fn base_mount_points() -> std::collections::BTreeMap<DevNum, String> {
+        [
+            (devnum(259, 1), "/".to_string()),
+            (devnum(0, 20), "/sys".to_string()),
+            (devnum(0, 21), "/proc".to_string()),
+        ]
+        .into()
+    }
+
     #[test]
     fn two_portals_one_target_and_their_map() -> TestResult {
         let (dir, mut t) = fixture()?;
@@ -1100,8 +1190,10 @@ mod tests {
                 slaves: vec!["sda".to_string(), "sdb".to_string()],
                 suspended: false,
                 size_bytes: Some(fixture_size_bytes()),
+                parts: Vec::new(),
             }],
             mounted: base_mounts(),
+            mount_points: base_mount_points(),
             ..Observed::default()
         };
         assert_eq!(o, expected);
@@ -1384,12 +1476,38 @@ mod tests {
         t.dm_device("dm-3", "pending", "", &[])?;
         fs::remove_file(dir.path().join("sys/devices/virtual/block/dm-3/dm/uuid"))?;
 
+        // The same WWID's partition uuid on a device that does not sit on the map.
+        t.dm_device("dm-4", "stray-part2", &format!("part2-mpath-{WWID}"), &[])?;
+        // An LVM volume on the partition.
+        t.dm_device("dm-5", "vg1-lv0", "LVM-k3W8bbbb", &["dm-1"])?;
+
         let o = observe(dir.path())?;
         assert_eq!(o.maps.len(), 1);
         let m = &o.maps[0];
         assert_eq!((m.name.as_str(), m.dev.name.as_str()), (WWID, "dm-0"));
         assert_eq!(m.dev.holders, ["dm-1"]);
         assert_eq!(m.slaves, ["sda"]);
+        let parts: Vec<_> = m
+            .parts
+            .iter()
+            .map(|p| {
+                (
+                    p.number,
+                    p.name.as_str(),
+                    p.dev.name.as_str(),
+                    p.dev.holders.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            parts,
+            [(
+                1,
+                format!("{WWID}-part1").as_str(),
+                "dm-1",
+                vec!["dm-5".to_string()]
+            )]
+        );
         assert_eq!(
             o.sessions[0].devices[1]
                 .disk
@@ -1682,7 +1800,11 @@ mod tests {
         fs::write(&path, text)?;
         let mut expected = base_mounts();
         expected.extend([devnum(8, 1), devnum(254, 0)]);
-        assert_eq!(observe(dir.path())?.mounted, expected);
+        let o = observe(dir.path())?;
+        assert_eq!(o.mounted, expected);
+        assert_eq!(o.mount_points.len(), expected.len());
+        assert_eq!(o.mount_points[&devnum(254, 0)], "/mnt/lk101");
+        assert_eq!(o.mount_points[&devnum(259, 1)], "/");
 
         fs::remove_file(&path)?;
         assert_eq!(observe(dir.path())?.mounted, BTreeSet::new());

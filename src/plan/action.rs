@@ -87,6 +87,15 @@ pub enum Action {
     DisableQueueing {
         map: String,
     },
+    /// Remove a kpartx partition map of a map being flushed (`dmsetup remove`, which the
+    /// kernel refuses while the partition is open). Planned only for a partition that is not
+    /// mounted and not held.
+    RemovePartitionMap {
+        /// The partition map's name (`<map>-part<N>`).
+        part: String,
+        /// The multipath map it is a partition of.
+        map: String,
+    },
     FlushMap {
         map: String,
     },
@@ -168,6 +177,7 @@ impl Action {
             Action::RescanDevice { .. } => "rescan_device",
             Action::ResizeMap { .. } => "resize_map",
             Action::DisableQueueing { .. } => "disable_queueing",
+            Action::RemovePartitionMap { .. } => "remove_partition_map",
             Action::FlushMap { .. } => "flush_map",
             Action::DeleteDevice { .. } => "delete_device",
             Action::UnregisterWwid { .. } => "unregister_wwid",
@@ -250,6 +260,9 @@ impl fmt::Display for Action {
             ),
             Action::DisableQueueing { map } => {
                 write!(f, "disable queueing on map {map} (no live path)")
+            }
+            Action::RemovePartitionMap { part, map } => {
+                write!(f, "remove partition map {part} of {map}")
             }
             Action::FlushMap { map } => write!(f, "flush multipath map {map}"),
             Action::DeleteDevice { hctl, disk } => match disk {

@@ -644,7 +644,7 @@ fn plan_multipath(
         let Some(disk) = &path.device.disk else {
             continue;
         };
-        let free = in_use(disk, &planner.observed.mounted, None).is_none();
+        let free = in_use(disk, planner.observed, None).is_none();
         let wanted = path_is_live(path.session, path.device) && !map.slaves.contains(&disk.name);
         // Until udev has processed both the path and the map, multipathd defers (and later
         // makes by itself) the addition: asking then only repeats what it will do anyway.
@@ -763,9 +763,7 @@ fn stale_paths(
         {
             if let Some(disk) = &device.disk {
                 let map = observed.maps.iter().find(|m| m.slaves.contains(&disk.name));
-                if let Some(reason) =
-                    in_use(disk, &observed.mounted, map.map(|m| m.dev.name.as_str()))
-                {
+                if let Some(reason) = in_use(disk, observed, map.map(|m| m.dev.name.as_str())) {
                     return Err(format!("cannot remove the path through {portal}: {reason}"));
                 }
                 if map.is_some() {

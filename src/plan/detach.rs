@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::attach::Wanted;
-use super::{in_use, path_is_live, Action, Planner, Subject, Verdict};
+use super::{in_use, mounted_at, path_is_live, Action, Planner, Subject, Verdict};
 use crate::desired::{Desired, Lun, VolumeState};
 use crate::observe::{LunDevice, Wwid};
 use crate::owned::{OwnedVolume, SessionKey};
@@ -119,7 +119,7 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         }
     }
 
-    if let Some(reason) = busy(planner, &paths, map) {
+    if let Some(reason) = busy(planner, &volume.name, &paths, map) {
         planner.verdict(
             &volume.name,
             Verdict::Blocked(format!("in use, not detaching: {reason}")),
@@ -129,6 +129,15 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
 
     let mut actions = Vec::new();
     if let Some(map) = map {
+        // Partitions first, highest number first: a logical partition before the extended
+        // one it lies in. None of them is mounted or held (`busy` said so); one opened in the
+        // meantime makes the kernel refuse its removal, and the lane ends there.
+        for part in map.parts.iter().rev() {
+            actions.push(Action::RemovePartitionMap {
+                part: part.name.clone(),
+                map: map.name.clone(),
+            });
+        }
         let any_live = observed.sessions.iter().any(|s| {
             s.devices.iter().any(|d| {
                 path_is_live(s, d)
@@ -208,7 +217,7 @@ fn leave_shared(
         if let Some(reason) = device
             .disk
             .as_ref()
-            .and_then(|k| in_use(k, &observed.mounted, map.map(|m| m.dev.name.as_str())))
+            .and_then(|k| in_use(k, observed, map.map(|m| m.dev.name.as_str())))
         {
             kept.push(reason);
             continue;
@@ -247,21 +256,60 @@ fn leave_shared(
     planner.lane(Subject::Volume(volume.name.clone()), actions);
 }
 
-/// Why the volume's map or any of its path devices cannot be taken away now.
+/// Why the volume's map, one of its partitions or any of its path devices cannot be taken
+/// away now.
 fn busy(
     planner: &Planner<'_>,
+    volume: &str,
     paths: &[&LunDevice],
     map: Option<&crate::observe::Map>,
 ) -> Option<String> {
-    let mounted = &planner.observed.mounted;
-    if let Some(reason) = map.and_then(|m| in_use(&m.dev, mounted, None)) {
-        return Some(reason);
+    let observed = planner.observed;
+    if let Some(map) = map {
+        if let Some(reason) = map_in_use(observed, volume, map) {
+            return Some(reason);
+        }
     }
     let map_name = map.map(|m| m.dev.name.as_str());
     paths
         .iter()
         .filter_map(|d| d.disk.as_ref())
-        .find_map(|disk| in_use(disk, mounted, map_name))
+        .find_map(|disk| in_use(disk, observed, map_name))
+}
+
+/// Why a map cannot be flushed: a partition of it is mounted or held by anything but another
+/// of its partitions (a logical partition in an extended one), or the map itself is mounted or
+/// held by anything but its partitions. Each partition is named as the user knows it, by its
+/// link, with where it is mounted.
+fn map_in_use(
+    observed: &crate::observe::Observed,
+    volume: &str,
+    map: &crate::observe::Map,
+) -> Option<String> {
+    let parts: BTreeSet<&str> = map.parts.iter().map(|p| p.dev.name.as_str()).collect();
+    for part in &map.parts {
+        // Short, most telling first: `apply` and `status` cut reasons at 100 characters.
+        let what = format!(
+            "/dev/lunkeeper/{volume}-part{n} (partition {n})",
+            n = part.number
+        );
+        if let Some(reason) = mounted_at(observed, &what, part.dev.devnum) {
+            return Some(reason);
+        }
+        if let Some(h) = part
+            .dev
+            .holders
+            .iter()
+            .find(|h| !parts.contains(h.as_str()))
+        {
+            return Some(format!("{what} is held by {h}"));
+        }
+    }
+    // The map as if its partition maps were gone: every other holder, and kernel partitions
+    // of the map (none are made for a dm device, but if one was, it counts).
+    let mut dev = map.dev.clone();
+    dev.holders.retain(|h| !parts.contains(h.as_str()));
+    in_use(&dev, observed, None)
 }
 
 /// Sessions and node records lunkeeper owns that no present volume needs: log out once no

@@ -257,14 +257,16 @@ fn session_key(volume: &Volume, addr: SocketAddr) -> SessionKey {
 }
 
 /// Why a block device cannot be taken away, if it cannot. `ignore_holder` is the map that is
-/// expected to hold a path device.
-fn in_use(
-    dev: &BlockDev,
-    mounted: &std::collections::BTreeSet<DevNum>,
-    ignore_holder: Option<&str>,
-) -> Option<String> {
-    if dev.devnums().any(|d| mounted.contains(&d)) {
-        return Some(format!("{} (or a partition of it) is mounted", dev.name));
+/// expected to hold a path device. A mounted partition is named with where it is mounted.
+fn in_use(dev: &BlockDev, observed: &Observed, ignore_holder: Option<&str>) -> Option<String> {
+    if let Some(reason) = mounted_at(observed, &dev.name, dev.devnum) {
+        return Some(reason);
+    }
+    for part in &dev.partitions {
+        if let Some(reason) = mounted_at(observed, &format!("partition {}", part.name), part.devnum)
+        {
+            return Some(reason);
+        }
     }
     if let Some(h) = dev
         .holders
@@ -279,6 +281,18 @@ fn in_use(
         }
     }
     None
+}
+
+/// "`what` is mounted on /x" when `devnum` carries a mounted file system. The mount point is
+/// only what mountinfo said; the set of mounted devices alone decides.
+fn mounted_at(observed: &Observed, what: &str, devnum: DevNum) -> Option<String> {
+    if !observed.mounted.contains(&devnum) {
+        return None;
+    }
+    Some(match observed.mount_points.get(&devnum) {
+        Some(point) => format!("{what} is mounted on {point}"),
+        None => format!("{what} is mounted"),
+    })
 }
 
 /// A path device can carry I/O: its session is logged in, the SCSI device runs, the disk exists.

@@ -120,6 +120,7 @@ mod tests {
             slaves: vec!["sda".into(), "sdb".into()],
             suspended: false,
             size_bytes: size,
+            parts: Vec::new(),
         }
     }
 

@@ -265,6 +265,161 @@ fn a_mounted_map_is_not_detached() {
     );
 }
 
+/// A 2-portal volume with a partition table (parts 1 and 2) written on its map.
+fn partitioned(sim: &SimHost) -> (Desired, Owned, Wwid) {
+    let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+    let mut owned = Owned::default();
+    converge(sim, &d, &mut owned);
+    let w = sim.snapshot().maps[0].wwid.clone();
+    sim.lock().partition(&w, 1).unwrap();
+    sim.lock().partition(&w, 2).unwrap();
+    (d, owned, w)
+}
+
+#[test]
+fn a_partitioned_volume_that_is_present_is_left_alone() {
+    let sim = network();
+    let (d, owned, _) = partitioned(&sim);
+    let p = plan(&d, &sim.snapshot(), &owned);
+    assert!(p.is_empty(), "{:?}", actions(&p));
+    assert!(p.volumes["db"].is_settled(), "{:?}", p.volumes);
+}
+
+#[test]
+fn unused_partitions_are_removed_before_the_map_is_flushed() {
+    let sim = network();
+    let (_, mut owned, w) = partitioned(&sim);
+    let map = sim.snapshot().maps[0].name.clone();
+    let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
+    let p = plan(&d, &sim.snapshot(), &owned);
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Pending(r) if r == "detaching"),
+        "{:?}",
+        p.volumes
+    );
+    let lane: Vec<String> = p.lanes[0].actions.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        lane[..3],
+        [
+            format!("remove partition map {map}-part2 of {map}"),
+            format!("remove partition map {map}-part1 of {map}"),
+            format!("flush multipath map {map}"),
+        ],
+        "{lane:?}"
+    );
+    converge(&sim, &d, &mut owned);
+    let o = sim.snapshot();
+    assert!(o.maps.is_empty(), "{:?}", o.maps);
+    assert!(o.sessions.is_empty());
+    assert!(!o.registered_wwids.contains(&w));
+    assert!(owned.volumes.is_empty());
+}
+
+#[test]
+fn a_mounted_partition_blocks_the_detach_naming_it_and_its_mount_point() {
+    let sim = network();
+    let (_, owned, _) = partitioned(&sim);
+    let part = sim.snapshot().maps[0].parts[0].clone();
+    {
+        let mut world = sim.lock();
+        world.observed.mounted.insert(part.dev.devnum);
+        world
+            .observed
+            .mount_points
+            .insert(part.dev.devnum, "/srv/db".into());
+    }
+    let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
+    let p = plan(&d, &sim.snapshot(), &owned);
+    assert!(
+        !p.actions().any(|a| !a.is_bookkeeping()),
+        "{:?}",
+        actions(&p)
+    );
+    let Verdict::Blocked(reason) = &p.volumes["db"] else {
+        panic!("{:?}", p.volumes);
+    };
+    assert_eq!(
+        reason,
+        "in use, not detaching: /dev/lunkeeper/db-part1 (partition 1) is mounted on /srv/db"
+    );
+}
+
+#[test]
+fn a_held_partition_blocks_the_detach() {
+    let sim = network();
+    let (_, owned, _) = partitioned(&sim);
+    // LVM on partition 2: its logical volume holds the partition map.
+    sim.lock().observed.maps[0].parts[1]
+        .dev
+        .holders
+        .push("dm-9".into());
+    let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
+    let p = plan(&d, &sim.snapshot(), &owned);
+    assert!(
+        !p.actions().any(|a| !a.is_bookkeeping()),
+        "{:?}",
+        actions(&p)
+    );
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r)
+            if r == "in use, not detaching: /dev/lunkeeper/db-part2 (partition 2) is held by dm-9"),
+        "{:?}",
+        p.volumes
+    );
+}
+
+#[test]
+fn a_partition_opened_after_the_plan_makes_the_lane_stop_before_the_flush() {
+    let sim = network();
+    let (_, owned, _) = partitioned(&sim);
+    let d = desired(vec![absent(volume("db", TARGET_A, &[P1, P2], 0))]);
+    let p = plan(&d, &sim.snapshot(), &owned);
+    // Mounted between the look and the removal: the kernel refuses, nothing else runs.
+    let part1 = sim.snapshot().maps[0].parts[0].dev.devnum;
+    sim.lock().observed.mounted.insert(part1);
+    let mut refused = false;
+    for a in &p.lanes[0].actions {
+        if let Err(e) = futures::executor::block_on(crate::act::Host::execute(&sim, a)) {
+            assert!(e.to_string().contains("in use"), "{e}");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+    let o = sim.snapshot();
+    assert_eq!(o.maps.len(), 1);
+    assert_eq!(o.maps[0].parts.len(), 1, "partition 1 stays");
+    assert_eq!(o.sessions.iter().map(|s| s.devices.len()).sum::<usize>(), 2);
+}
+
+#[test]
+fn a_partition_of_a_single_path_disk_blocks_naming_it() {
+    let sim = network();
+    let mut v = volume("db", TARGET_A, &[P1], 0);
+    v.multipath = false;
+    let d = desired(vec![v.clone()]);
+    let mut owned = Owned::default();
+    converge(&sim, &d, &mut owned);
+    let devnum = DevNum { major: 8, minor: 1 };
+    {
+        let mut world = sim.lock();
+        let disk = world.observed.sessions[0].devices[0].disk.as_mut().unwrap();
+        let mut part = disk.clone();
+        part.name = format!("{}1", disk.name);
+        part.devnum = devnum;
+        disk.partitions.push(part);
+        world.observed.mounted.insert(devnum);
+        world.observed.mount_points.insert(devnum, "/srv/x".into());
+    }
+    let p = plan(&desired(vec![absent(v)]), &sim.snapshot(), &owned);
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Blocked(r) if r.ends_with("partition sda1 is mounted on /srv/x")),
+        "{:?}",
+        p.volumes
+    );
+    assert!(p.is_empty());
+}
+
 #[test]
 fn a_held_path_device_is_not_detached() {
     let sim = network();
@@ -516,14 +671,22 @@ fn a_mount_of_a_partition_counts_as_in_use() {
         ..dev.clone()
     };
     dev.partitions.push(part);
-    let mounted = [DevNum {
+    let mut observed = Observed::default();
+    let devnum = DevNum {
         major: 253,
         minor: 1,
-    }]
-    .into_iter()
-    .collect();
-    assert!(in_use(&dev, &mounted, None).is_some());
-    assert!(in_use(&dev, &Default::default(), None).is_none());
+    };
+    observed.mounted.insert(devnum);
+    assert_eq!(
+        in_use(&dev, &observed, None).as_deref(),
+        Some("partition dm-1 is mounted")
+    );
+    observed.mount_points.insert(devnum, "/srv/x".into());
+    assert_eq!(
+        in_use(&dev, &observed, None).as_deref(),
+        Some("partition dm-1 is mounted on /srv/x")
+    );
+    assert!(in_use(&dev, &Observed::default(), None).is_none());
 }
 
 mod properties {

@@ -11,7 +11,7 @@ BENCH=0
 VENV=${LUNKEEPER_VNG_VENV:-/opt/lunkeeper-vng}
 PKGS=(qemu-system-x86 linux-image-amd64 udev kmod open-iscsi multipath-tools sg3-utils
       lsscsi iproute2 libudev-dev pkg-config python3-venv time util-linux e2fsprogs busybox-static
-      nftables lintian debootstrap qemu-utils)
+      nftables lintian debootstrap qemu-utils fdisk)
 
 missing=()
 for p in "${PKGS[@]}"; do
