@@ -24,6 +24,10 @@ pub struct Pass {
     pub plan: Plan,
     pub observed: Observed,
     pub started: usize,
+    /// Lanes held back until a failed step of theirs may be tried again: the host is not as
+    /// the plan wants it yet, whatever the verdicts say (a logout refused while the session
+    /// reconnects leaves a session behind an "absent" volume).
+    pub retrying: usize,
 }
 
 impl Pass {
@@ -211,7 +215,7 @@ impl<H: Host + 'static> Engine<H> {
         self.memory.recovered.retain(|h| asked.contains(h));
         self.memory.capacity_changed.retain(|h| asked.contains(h));
         self.holds.retain_planned(&plan);
-        self.holds.apply(&mut plan, &self.policy);
+        let retrying = self.holds.apply(&mut plan, &self.policy);
         plan.lanes.retain(|l| !self.running.contains(&l.subject));
 
         // Claims are written before any action runs: after a crash lunkeeper still knows what
@@ -236,6 +240,7 @@ impl<H: Host + 'static> Engine<H> {
             plan,
             observed,
             started,
+            retrying,
         })
     }
 

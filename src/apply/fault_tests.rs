@@ -466,3 +466,26 @@ async fn i4_a_chap_change_on_the_array_never_detaches_a_volume_that_was_ready_an
     let r = w.apply(&d).await;
     assert_eq!(r.volumes["db"].verdict, Verdict::Ready, "{:?}", r.volumes);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_detach_whose_logout_keeps_failing_is_not_reported_converged() {
+    // iscsid refuses a logout while the session reconnects ("try again later"). Seen in the
+    // VM: the volume's verdict was already "absent", and apply exited 0 with the session left.
+    let w = World::new();
+    let present = desired(vec![volume("db", TARGET_A, &[P1], 0)]);
+    assert!(w.apply(&present).await.converged);
+    let ours = |w: &World| {
+        let o = w.sim.snapshot();
+        o.sessions.iter().filter(|s| s.target == TARGET_A).count()
+    };
+    assert_eq!(ours(&w), 1);
+    let gone = desired(vec![absent(volume("db", TARGET_A, &[P1], 0))]);
+    w.sim.lock().faults.iscsid_down = true;
+    let r = w.apply(&gone).await;
+    assert!(!r.converged, "{:?}", r.volumes);
+    assert_eq!(ours(&w), 1, "the session is still there");
+    w.sim.lock().faults.iscsid_down = false;
+    let r = w.apply(&gone).await;
+    assert!(r.converged, "{:?}", r.volumes);
+    assert_eq!(ours(&w), 0);
+}

@@ -86,16 +86,20 @@ impl Holds {
     /// Removes held actions from the plan. A lane holding a failed action waits as a whole:
     /// what precedes it was done already, and what follows depends on it. An action that is
     /// only settling is skipped alone.
-    pub fn apply(&mut self, plan: &mut Plan, policy: &RetryPolicy) {
+    /// Returns how many lanes wait for a failed action's retry.
+    pub fn apply(&mut self, plan: &mut Plan, policy: &RetryPolicy) -> usize {
         let now = Instant::now();
         self.until.retain(|_, t| *t > now);
         self.hold_for_multipathd(plan, policy, now);
         let failed_held = |a: &Action| self.until.contains_key(a) && self.failures.contains_key(a);
+        let before = plan.lanes.len();
         plan.lanes
             .retain(|lane| !lane.actions.iter().any(failed_held));
+        let retrying = before - plan.lanes.len();
         for lane in plan.lanes.iter_mut() {
             lane.actions.retain(|a| !self.until.contains_key(a));
         }
         plan.lanes.retain(|l| !l.actions.is_empty());
+        retrying
     }
 }

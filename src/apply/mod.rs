@@ -156,7 +156,7 @@ pub async fn apply<H: Host + 'static>(
         let earliest = Instant::now() + started.elapsed();
         let waiting = pass.waiting(engine.failed());
         let timed_out = Instant::now() >= deadline;
-        let settled = pass.started == 0 && !engine.is_running() && !waiting;
+        let settled = pass.started == 0 && !engine.is_running() && !waiting && pass.retrying == 0;
         // Where lunkeeper's udev rule is installed, done also means udev has made every usable
         // volume's /dev/lunkeeper link (what a mount after `apply` opens): it comes a moment
         // after the device.
@@ -178,6 +178,7 @@ pub async fn apply<H: Host + 'static>(
             );
             let volumes = engine.results(&pass.plan);
             let converged = !linking
+                && pass.retrying == 0
                 && volumes
                     .values()
                     .all(|v| v.verdict.is_settled() && !v.failed);

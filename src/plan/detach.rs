@@ -87,6 +87,21 @@ fn plan_volume(planner: &mut Planner<'_>, volume: &Leaving) {
         return;
     };
 
+    if planner.unidentified_targets.contains(&record.target) {
+        if let Some(w) = &record.wwid {
+            planner.named.insert(format!("mpath-{w}"));
+            planner.named.insert(format!("sd-{w}"));
+        }
+        planner.verdict(
+            &volume.name,
+            Verdict::Pending(format!(
+                "a session of {} shows no portal yet (iscsid catching up?); taking nothing \
+                 down until it does",
+                record.target
+            )),
+        );
+        return;
+    }
     let paths: Vec<&LunDevice> = observed
         .sessions
         .iter()
@@ -329,6 +344,7 @@ pub(super) fn plan_sessions(planner: &mut Planner<'_>, wanted: &Wanted) {
         if wanted.contains(key)
             || planner.present_keys.contains(key)
             || planner.unresolved_targets.contains(&key.target)
+            || planner.unidentified_targets.contains(&key.target)
         {
             continue;
         }

@@ -148,6 +148,12 @@ pub fn plan_with(desired: &Desired, observed: &Observed, owned: &Owned, memory: 
         held: BTreeMap::new(),
         present_keys: BTreeSet::new(),
         unresolved_targets: BTreeSet::new(),
+        unidentified_targets: observed
+            .sessions
+            .iter()
+            .filter(|s| s.portal.is_none())
+            .map(|s| s.target.clone())
+            .collect(),
     };
     let mut wanted = attach::wanted_sessions(&mut planner, desired);
     attach::hold_identities(&mut planner, desired, &mut wanted);
@@ -196,6 +202,11 @@ struct Planner<'a> {
     /// Targets of present volumes with a portal name that does not resolve now: which of the
     /// target's sessions that portal stood for is unknown, so none of them is taken down.
     unresolved_targets: BTreeSet<String>,
+    /// Targets with a session whose portal sysfs does not show (iscsid restarting and not yet
+    /// caught up with the kernel's sessions, or an address lunkeeper cannot read): which key
+    /// that session stands for is unknown, so nothing of the target is taken down meanwhile:
+    /// its node record deleted under a live session would leave a session nobody can log out.
+    unidentified_targets: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {

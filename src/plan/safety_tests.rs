@@ -522,3 +522,29 @@ fn with_expect_wwid_a_wrong_lun_is_never_attached() {
     );
     assert!(sim.snapshot().maps.is_empty());
 }
+
+#[test]
+fn i2_a_session_whose_portal_does_not_show_keeps_its_target_whole_until_it_does() {
+    // iscsid killed and started again: until it has caught up with the kernel's sessions, a
+    // session can show no portal. Measured in the VM: a detach then deleted the node records
+    // under the live sessions and left them logged in for good.
+    let sim = network();
+    let d = desired(vec![volume("db", TARGET_A, &[P1, P2], 0)]);
+    let mut owned = Owned::default();
+    converge(&sim, &d, &mut owned);
+    let mut gone = d.clone();
+    gone.volumes[0].state = VolumeState::Absent;
+    let mut o = sim.snapshot();
+    o.sessions[0].portal = None;
+    let p = plan(&gone, &o, &owned);
+    assert!(tears_down(&p).is_empty(), "{:?}", tears_down(&p));
+    assert!(
+        matches!(&p.volumes["db"], Verdict::Pending(r) if r.contains("shows no portal")),
+        "{:?}",
+        p.volumes["db"]
+    );
+    // Shown again: the detach goes ahead and leaves nothing.
+    converge(&sim, &gone, &mut owned);
+    let o = sim.snapshot();
+    assert!(o.sessions.is_empty() && o.maps.is_empty(), "{o:?}");
+}
