@@ -59,6 +59,13 @@ pub enum ActError {
     },
     #[error(transparent)]
     Command(#[from] command::CommandError),
+    /// iscsiadm said there is no such session while the kernel still has it: iscsid, just
+    /// started, has not caught up with the kernel's sessions yet. Tried again later.
+    #[error("iscsid does not know session {id} of {session} yet (just started?); the kernel still has it")]
+    SessionUnknownToIscsid { session: String, id: u32 },
+    /// Whether the kernel still has a session could not be read.
+    #[error("cannot look for the session in sysfs: {0}")]
+    SessionCheck(ObserveError),
     #[error("{command} failed (exit {code:?}): {stderr}")]
     Dmsetup {
         command: String,

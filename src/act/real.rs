@@ -141,6 +141,29 @@ impl RealHost {
         Ok(changed(edited))
     }
 
+    /// The id of a session the kernel has to this target through this portal, if any.
+    async fn kernel_session(
+        &self,
+        key: &crate::owned::SessionKey,
+    ) -> Result<Option<u32>, ActError> {
+        let root = self.config.root.clone();
+        let observed = self
+            .offload
+            .run(
+                "looking for the session in sysfs",
+                Some("observe"),
+                self.config.observe_timeout,
+                move || observe::observe(&root),
+            )
+            .await?;
+        let observed = observed.map_err(ActError::SessionCheck)?;
+        Ok(observed
+            .sessions
+            .iter()
+            .find(|s| s.target == key.target && s.portal == Some(key.portal))
+            .map(|s| s.id))
+    }
+
     fn wwids(&self) -> WwidsFile {
         WwidsFile {
             path: wwids_path(&self.config.root),
@@ -588,7 +611,21 @@ impl Host for RealHost {
                     sysfs::write_attr(&self.offload, path, "1".into(), c.scan_timeout).await?;
                 Ok(changed(wrote))
             }
-            Action::Logout { session } => Ok(done(c.iscsiadm.logout(session).await?)),
+            Action::Logout { session } => {
+                let outcome = done(c.iscsiadm.logout(session).await?);
+                if outcome == Outcome::AlreadySo {
+                    // "No matching sessions" also comes from an iscsid that has just started and
+                    // not yet taken over the kernel's sessions: believed only once sysfs agrees,
+                    // or the session would be released (and its record deleted) while it lives.
+                    if let Some(id) = self.kernel_session(session).await? {
+                        return Err(ActError::SessionUnknownToIscsid {
+                            session: session.to_string(),
+                            id,
+                        });
+                    }
+                }
+                Ok(outcome)
+            }
             Action::NameDevice {
                 key,
                 volume,
@@ -700,6 +737,48 @@ mod tests {
             std::fs::read_dir(record.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn no_matching_session_is_believed_only_once_the_kernel_agrees() {
+        // An iscsid that has just started answers "No matching sessions found" (exit 21) for a
+        // session the kernel still has; taking that as "logged out" released the session and
+        // deleted its record under it (faults.sh row f).
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = crate::observe::fixture::FixtureTree::new(dir.path()).unwrap();
+        let portal: std::net::SocketAddr = "127.0.0.1:3260".parse().unwrap();
+        tree.session(4, TARGET, portal, "FAILED").unwrap();
+        let program = dir.path().join("fake-iscsiadm");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\necho 'iscsiadm: No matching sessions found' >&2\nexit 21\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let host = RealHost::new(RealHostConfig {
+            root: dir.path().to_path_buf(),
+            iscsiadm: Iscsiadm {
+                program: program.display().to_string(),
+                ..Iscsiadm::default()
+            },
+            ..RealHostConfig::default()
+        });
+        let logout = Action::Logout {
+            session: SessionKey {
+                target: TARGET.into(),
+                portal,
+            },
+        };
+        let err = host.execute(&logout).await.unwrap_err();
+        assert!(
+            matches!(err, ActError::SessionUnknownToIscsid { id: 4, .. }),
+            "{err}"
+        );
+        assert!(!err.is_permanent());
+        // Gone from the kernel too: logged out indeed.
+        std::fs::remove_file(dir.path().join("sys/class/iscsi_session/session4")).unwrap();
+        assert_eq!(host.execute(&logout).await.unwrap(), Outcome::AlreadySo);
     }
 
     #[tokio::test]

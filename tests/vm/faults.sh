@@ -855,12 +855,13 @@ row_f_stack_daemons_killed() {
     conf_f present
     N=$((N + 1))
     local log=$OUT/apply-$ROW-$N-$victim.log
-    LUNKEEPER_LOG=info "$LK" --config "$CONF" apply --timeout 240 >"$log" 2>&1 &
+    LUNKEEPER_LOG=debug "$LK" --config "$CONF" apply --timeout 240 >"$log" 2>&1 &
     pid=$!
-    # Kill as soon as the attach is under way (its first step done: records being made, logins
-    # starting). A tight loop: the release build finishes the whole attach within seconds.
+    # Kill as soon as the attach is under way: its first step (taking the volumes on, before
+    # records and logins) done. The release build finishes the whole attach within a second or
+    # two, so a tight loop on the first step, not on a count of them.
     local until=$(($(_lk_now_ms) + 60000))
-    until grep -qE "$STEP_DONE" "$log" || (($(_lk_now_ms) > until)); do sleep 0.02; done
+    until grep -q 'step{action=own_volume}' "$log" || (($(_lk_now_ms) > until)); do sleep 0.01; done
     local victims
     victims=$(pgrep -x "$proc" | tr '\n' ' ')
     [[ $victim == udevd ]] && victims=$(pgrep -o -x "$proc")
