@@ -120,32 +120,29 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<Flock<std::fs::File>>> {
 /// thread alone; what is handed over meanwhile waits in the one slot.
 #[derive(Debug)]
 pub struct LatestWriter {
-    shared: std::sync::Arc<LatestSlot>,
-}
-
-#[derive(Debug)]
-struct LatestSlot {
     /// The content not yet written, if any.
-    pending: std::sync::Mutex<Option<Vec<u8>>>,
-    wake: std::sync::Condvar,
+    pending: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// Wakes the thread; one wake-up queued at most (the thread takes whatever is newest).
+    /// Dropping it ends the thread once the last content is written.
+    wake: std::sync::mpsc::SyncSender<()>,
 }
 
 impl LatestWriter {
     /// A writer of `path` (mode `mode`); `what` names the file in the log when a write fails.
     /// Errors are logged once until they change; the next content is tried regardless.
     pub fn new(path: &Path, mode: u32, what: &'static str) -> std::io::Result<Self> {
-        let shared = std::sync::Arc::new(LatestSlot {
-            pending: std::sync::Mutex::new(None),
-            wake: std::sync::Condvar::new(),
-        });
-        let slot = std::sync::Arc::clone(&shared);
+        let pending = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let slot = std::sync::Arc::clone(&pending);
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("lunkeeper-file".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let mut last_error: Option<String> = None;
-                while let Some(data) = slot.take() {
+                // Blocks until woken; ends once the writer is dropped and nothing is queued.
+                while woken.recv().is_ok() {
+                    let Some(data) = take(&slot) else { continue };
                     let error = write_atomic(&path, &data, mode).err().map(|e| e.to_string());
                     if let Some(e) = &error {
                         if last_error.as_ref() != Some(e) {
@@ -155,46 +152,30 @@ impl LatestWriter {
                     last_error = error;
                 }
             })?;
-        Ok(LatestWriter { shared })
+        Ok(LatestWriter { pending, wake })
     }
 
     /// Hands over the file's new content; returns at once.
     pub fn write(&self, data: Vec<u8>) {
-        *self.shared.lock() = Some(data);
-        self.shared.wake.notify_one();
+        *lock(&self.pending) = Some(data);
+        // Full: a wake-up is queued already, and it will find this content.
+        let _ = self.wake.try_send(());
     }
 
     /// Whether everything handed over has been taken by the thread (tests).
     pub fn is_idle(&self) -> bool {
-        self.shared.lock().is_none()
+        lock(&self.pending).is_none()
     }
 }
 
-impl LatestSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn lock(pending: &std::sync::Mutex<Option<Vec<u8>>>) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
-    /// Waits for content to write; None once the writer is gone and nothing is pending.
-    fn take(self: &std::sync::Arc<Self>) -> Option<Vec<u8>> {
-        let mut pending = self.lock();
-        loop {
-            if let Some(data) = pending.take() {
-                return Some(data);
-            }
-            // Only this thread's handle left: the writer was dropped.
-            if std::sync::Arc::strong_count(self) == 1 {
-                return None;
-            }
-            pending = self
-                .wake
-                .wait_timeout(pending, std::time::Duration::from_secs(1))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
+fn take(pending: &std::sync::Mutex<Option<Vec<u8>>>) -> Option<Vec<u8>> {
+    lock(pending).take()
 }
 
 #[cfg(test)]
